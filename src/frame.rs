@@ -317,6 +317,18 @@ mod tests {
         assert_eq!(decode::<RequestFrame>(&bytes, 1024).unwrap(), request());
     }
 
+    /// The worked example of docs/protocol.md §3.5, byte for byte.
+    #[test]
+    fn encoding_matches_the_protocol_doc_example() {
+        let bytes = encode(&request(), 1024).unwrap();
+        let mut expected = vec![0x00, 0x00, 0x00, 0x34, 0x84, 0xa1, b'v', 0x01, 0xa2, b'i', b'd', 0x07];
+        expected.extend_from_slice(&[0xa3, b'k', b'e', b'y', 0xa8]);
+        expected.extend_from_slice(b"nano_rpc");
+        expected.extend_from_slice(&[0xa4, b'b', b'o', b'd', b'y', 0xc4, 0x18]);
+        expected.extend_from_slice(br#"{"action":"block_count"}"#);
+        assert_eq!(bytes, expected);
+    }
+
     #[test]
     fn response_round_trips_with_and_without_error() {
         for frame in [
