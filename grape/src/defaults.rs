@@ -1,0 +1,48 @@
+//! Default values, one line on why each.
+//!
+//! [`GrapeConfig::default`](crate::GrapeConfig) is built from these; the CLI should show
+//! them in its help rather than repeat the numbers.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// DHT UDP port: Grenache's customary first grape (`grape --dp 20001`).
+pub const DEFAULT_DHT_PORT: u16 = 20001;
+
+/// HTTP API port: Grenache's customary `--aph 30001`, where grenache-nodejs-link looks.
+pub const DEFAULT_API_PORT: u16 = 30001;
+
+/// DHT bind address: all interfaces, because other grapes must reach the DHT.
+pub const DEFAULT_DHT_BIND: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+/// HTTP API bind address: loopback, because the API lets anyone announce and put on this
+/// grape's behalf; Grenache binds all interfaces, expose it only on purpose.
+pub const DEFAULT_API_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Announce window: an announce stays visible for 3/4 to 4/4 of it (see
+/// [`SlotSchedule`](crate::SlotSchedule)). 256 s puts 3/4 at 192 s, which covers
+/// grenache-nodejs-link's longest re-announce gap (120 s + 50 % = 180 s) with 12 s to spare
+/// for the announce's own latency and the link's retries (2.5 s request timeout, 3 tries).
+pub const DEFAULT_ANNOUNCE_WINDOW: Duration = Duration::from_secs(256);
+
+/// Lookup deadline: mainline's request timeout (2 s), so a dead node costs at most that,
+/// and under grenache-nodejs-link's 2.5 s request timeout.
+pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Settle period after the first non-empty batch: on loopback the first batch arrives in
+/// about 60 ms and the rest of a healthy neighbourhood within a few mainline ticks (50 ms).
+pub const DEFAULT_LOOKUP_SETTLE: Duration = Duration::from_millis(150);
+
+/// Longest wait for a DHT put (announce, BEP 44 put): a put first runs a full iterative
+/// query (each dead node costs mainline's 2 s timeout), then waits for the stores; an HTTP
+/// request should not hang longer than this.
+pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest HTTP request body: a Grenache request is a small JSON envelope around at most a
+/// 1000-byte BEP 44 value; 64 KiB leaves room for JSON escaping and nothing for abuse.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+/// Mutable targets remembered with their public key and salt, so that `/get` by target
+/// alone finds items put through this grape: mainline can only fetch a mutable item by its
+/// key. Same order of size as mainline's own store (`MAX_VALUES` = 1000).
+pub const DEFAULT_KNOWN_KEYS: usize = 1024;
