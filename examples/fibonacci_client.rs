@@ -15,7 +15,9 @@ use nano_connect::rpc::{RpcClient, RpcClientConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let grape = args.next().unwrap_or_else(|| "http://127.0.0.1:30001".into());
+    let grape = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:30001".into());
     let length: u32 = args.next().as_deref().unwrap_or("10").parse()?;
     let body = serde_json::to_vec(&serde_json::json!({ "length": length }))?;
 
@@ -32,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
     // Every worker of the key at once.
     for (worker, result) in client.map(FIBONACCI_KEY, &body).await? {
         match result {
-            Ok(answer) => println!("map: {worker} answered {}", String::from_utf8_lossy(&answer.body)),
+            Ok(answer) => println!(
+                "map: {worker} answered {}",
+                String::from_utf8_lossy(&answer.body)
+            ),
             Err(e) => println!("map: {worker} failed: {e}"),
         }
     }

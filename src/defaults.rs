@@ -12,7 +12,8 @@ pub const DEFAULT_GRAPE_URL: &str = "http://127.0.0.1:30001";
 pub const DEFAULT_NANO_RPC_URL: &str = "http://127.0.0.1:7076";
 
 /// How often a worker re-announces: Grenache's link uses 120 s with ±50 % jitter, which
-/// the grape's default 240 s announce window is sized for (gaps up to 180 s = 3/4 window).
+/// the grape's default 256 s announce window is sized for (gaps up to 180 s, under the
+/// 192 s = 3/4 window that keeps an announce visible, with 12 s for the announce to land).
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(120);
 
 /// Largest request frame a worker reads, in bytes (prefix not counted). Nano RPC
@@ -29,6 +30,11 @@ pub const DEFAULT_STREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A caller's deadline for one request, lookup and connection set-up included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time one worker has to answer a caller before the request moves on to another. Nano
+/// RPC answers of the read-only allowlist take milliseconds to a few hundred; a worker
+/// that says nothing for 3 s is more likely gone than busy.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A caller's deadline for one QUIC handshake. Loopback and LAN handshakes take about a
 /// millisecond and intercontinental ones a few hundred: two seconds marks a dead address.

@@ -321,7 +321,9 @@ mod tests {
     #[test]
     fn encoding_matches_the_protocol_doc_example() {
         let bytes = encode(&request(), 1024).unwrap();
-        let mut expected = vec![0x00, 0x00, 0x00, 0x34, 0x84, 0xa1, b'v', 0x01, 0xa2, b'i', b'd', 0x07];
+        let mut expected = vec![
+            0x00, 0x00, 0x00, 0x34, 0x84, 0xa1, b'v', 0x01, 0xa2, b'i', b'd', 0x07,
+        ];
         expected.extend_from_slice(&[0xa3, b'k', b'e', b'y', 0xa8]);
         expected.extend_from_slice(b"nano_rpc");
         expected.extend_from_slice(&[0xa4, b'b', b'o', b'd', b'y', 0xc4, 0x18]);
@@ -346,7 +348,10 @@ mod tests {
     #[test]
     fn encode_refuses_over_limit() {
         let err = encode(&request(), 10).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { limit: 10, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLarge { limit: 10, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,10 +10,8 @@
 //! - `lookup`: data `"key"`, answers `["ip:port", ...]`. Lookups are cached briefly, as
 //!   grenache-nodejs-link does, and the cache entry can be dropped when an address fails.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -55,8 +53,8 @@ pub enum LinkError {
 pub struct Link {
     grape: String,
     http: reqwest::Client,
-    cache_ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>>,
+    /// Recent lookups by key; `None` when caching is off.
+    cache: Option<moka::sync::Cache<String, Vec<SocketAddr>>>,
 }
 
 #[derive(Serialize)]
@@ -78,11 +76,16 @@ impl Link {
             .timeout(DEFAULT_GRAPE_HTTP_TIMEOUT)
             .build()
             .unwrap_or_default();
+        let cache = (!cache_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(cache_ttl)
+                .build()
+        });
         Self {
             grape: grape_url.trim_end_matches('/').to_string(),
             http,
-            cache_ttl,
-            cache: Arc::default(),
+            cache,
         }
     }
 
@@ -129,7 +132,7 @@ impl Link {
     /// An empty list is a valid answer (nobody announced). Errors: unreachable grape,
     /// a Grenache error code, or entries that are not `ip:port`.
     pub async fn lookup(&self, key: &str) -> Result<Vec<SocketAddr>, LinkError> {
-        if let Some(hit) = self.cached(key) {
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(key)) {
             return Ok(hit);
         }
         let answer = self.request("lookup", &key).await?;
@@ -148,25 +151,17 @@ impl Link {
         }
         addrs.sort();
         addrs.dedup();
-        if !self.cache_ttl.is_zero() && !addrs.is_empty() {
-            if let Ok(mut cache) = self.cache.lock() {
-                cache.insert(key.to_string(), (Instant::now(), addrs.clone()));
-            }
+        if let (Some(cache), false) = (&self.cache, addrs.is_empty()) {
+            cache.insert(key.to_string(), addrs.clone());
         }
         Ok(addrs)
     }
 
     /// Forgets the cached lookup of `key`, so that the next lookup asks the grape.
     pub fn invalidate(&self, key: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(key);
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key);
         }
-    }
-
-    fn cached(&self, key: &str) -> Option<Vec<SocketAddr>> {
-        let cache = self.cache.lock().ok()?;
-        let (at, addrs) = cache.get(key)?;
-        (at.elapsed() < self.cache_ttl).then(|| addrs.clone())
     }
 
     /// Announces `key` on `port` now and then again after every [`announce_delay`] of

@@ -106,7 +106,11 @@ async fn truncated_frames_get_malformed_frame() {
     for cut in [1, LENGTH_PREFIX_LEN, request.len() - 1] {
         let answer = decode_response(&exchange_raw(&connection, &request[..cut], true).await);
         let error = answer.error.expect("an error frame");
-        assert_eq!(error.code, ErrorCode::MalformedFrame, "cut at {cut}: {error:?}");
+        assert_eq!(
+            error.code,
+            ErrorCode::MalformedFrame,
+            "cut at {cut}: {error:?}"
+        );
     }
     assert_still_serves(&connection).await;
 }
@@ -130,7 +134,11 @@ async fn an_oversized_frame_is_refused_before_it_is_read() {
     let answer = decode_response(&exchange_raw(&connection, &big, true).await);
     let error = answer.error.expect("an error frame");
     assert_eq!(error.code, ErrorCode::FrameTooLarge);
-    assert!(error.message.contains(&LIMIT.to_string()), "{}", error.message);
+    assert!(
+        error.message.contains(&LIMIT.to_string()),
+        "{}",
+        error.message
+    );
     // A prefix that claims 4 GiB costs the worker nothing either.
     let answer = decode_response(&exchange_raw(&connection, &u32::MAX.to_be_bytes(), true).await);
     assert_eq!(answer.error.unwrap().code, ErrorCode::FrameTooLarge);
@@ -193,7 +201,8 @@ async fn a_bad_stream_does_not_disturb_concurrent_good_ones() {
                 let _ = exchange_raw(&connection, &[0xff; 3], true).await;
                 None
             } else {
-                let answer = decode_response(&exchange_raw(&connection, &good_request(i), true).await);
+                let answer =
+                    decode_response(&exchange_raw(&connection, &good_request(i), true).await);
                 Some((i, answer))
             }
         });

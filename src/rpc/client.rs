@@ -18,8 +18,9 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::defaults::{
-    DEFAULT_CONNECT_STAGGER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEAD_ADDRESS_TTL,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_STAGGER, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEAD_ADDRESS_TTL, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 use crate::frame::{
     self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
@@ -48,6 +49,10 @@ pub struct RpcClientConfig {
     pub dead_ttl: Duration,
     /// Workers tried for one request before giving up. Default 3.
     pub max_attempts: usize,
+    /// Time one worker has to answer before the request moves on to the next one. A
+    /// worker killed without a goodbye leaves its connection looking open until the idle
+    /// timeout; this bounds what that costs. Default 3 s.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RpcClientConfig {
@@ -61,6 +66,7 @@ impl Default for RpcClientConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             dead_ttl: DEFAULT_DEAD_ADDRESS_TTL,
             max_attempts: 3,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 }
@@ -240,7 +246,18 @@ impl RpcClient {
                     continue;
                 }
             };
-            match self.exchange(&connection, worker, key, body).await {
+            let attempt = tokio::time::timeout(
+                self.config.attempt_timeout,
+                self.exchange(&connection, worker, key, body),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Attempt::Failover(format!(
+                    "no answer within {} ms",
+                    self.config.attempt_timeout.as_millis()
+                )))
+            });
+            match attempt {
                 Ok((status, answer, exchange)) => {
                     return Ok(Answer {
                         worker,
@@ -356,8 +373,10 @@ impl RpcClient {
             .collect();
         let now = Instant::now();
         let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
-        let is_dead =
-            |a: &SocketAddr| dead.get(a).is_some_and(|at| now - *at < self.config.dead_ttl);
+        let is_dead = |a: &SocketAddr| {
+            dead.get(a)
+                .is_some_and(|at| now - *at < self.config.dead_ttl)
+        };
         let mut live: Vec<SocketAddr> = candidates
             .iter()
             .copied()
@@ -413,7 +432,9 @@ impl RpcClient {
                         Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                             Ok(Ok(connection)) => Ok(connection),
                             Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
+                            Err(_) => {
+                                Err(format!("no handshake within {} ms", timeout.as_millis()))
+                            }
                         },
                         Err(e) => Err(e.to_string()),
                     };

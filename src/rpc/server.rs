@@ -289,7 +289,10 @@ async fn write_response(send: &mut SendStream, response: ResponseFrame, config: 
                 ErrorCode::Internal,
                 format!("the answer does not fit a response frame: {e}"),
             );
-            match frame::encode(&ResponseFrame::failure(id, error), config.max_response_bytes) {
+            match frame::encode(
+                &ResponseFrame::failure(id, error),
+                config.max_response_bytes,
+            ) {
                 Ok(bytes) => bytes,
                 Err(_) => return,
             }

@@ -23,7 +23,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
             Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
             Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
         ),
-        ("send", Socket::set_send_buffer_size, Socket::send_buffer_size),
+        (
+            "send",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
     ] {
         if let Err(e) = set(&socket, DEFAULT_UDP_BUFFER_BYTES) {
             tracing::debug!(%e, "could not set the UDP {what} buffer");

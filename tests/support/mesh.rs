@@ -134,7 +134,15 @@ pub fn two_grapes(window_secs: f64) -> (GrapeProcess, GrapeProcess) {
 
 /// A worker process; `extra` are more flags. Returns the process and its QUIC port.
 pub fn worker(grape_url: &str, key: &str, extra: &[&str]) -> (Process, u16) {
-    let mut args = vec!["worker", "--announce", key, "--grape", grape_url, "--bind", "127.0.0.1"];
+    let mut args = vec![
+        "worker",
+        "--announce",
+        key,
+        "--grape",
+        grape_url,
+        "--bind",
+        "127.0.0.1",
+    ];
     args.extend_from_slice(extra);
     let process = Process::start(&args);
     let port = process.listening["port"].as_u64().expect("port") as u16;
@@ -174,7 +182,10 @@ where
         if let Some(value) = f().await {
             return value;
         }
-        assert!(started.elapsed() < deadline, "{what}: not within {deadline:?}");
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -191,9 +202,13 @@ pub async fn lookup(url: &str, key: &str) -> Vec<String> {
 /// Polls the grape at `url` until `key` resolves to all of `ports` on 127.0.0.1.
 pub async fn wait_announced(url: &str, key: &str, ports: &[u16]) {
     let want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    poll(Duration::from_secs(15), "workers visible in lookups", || async {
-        let found = lookup(url, key).await;
-        want.iter().all(|w| found.contains(w)).then_some(())
-    })
+    poll(
+        Duration::from_secs(15),
+        "workers visible in lookups",
+        || async {
+            let found = lookup(url, key).await;
+            want.iter().all(|w| found.contains(w)).then_some(())
+        },
+    )
     .await
 }

@@ -1,0 +1,86 @@
+//! `nano-connect grape`: a DHT node with the Grenache HTTP API.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use grape::{Grape, GrapeConfig};
+use tracing::info;
+
+/// Run a grape: a BitTorrent mainline DHT node (BEP 5, BEP 44) in server mode, and the
+/// Grenache-compatible HTTP API (/announce, /lookup, /put, /get) next to it.
+///
+/// WITHOUT --bn THE GRAPE JOINS THE PUBLIC MAINLINE DHT through its default bootstrap
+/// routers. For a private mesh, start the first grape with `--bn none` and the others
+/// with `--bn HOST:PORT` of a running grape. Prints one JSON line
+/// `{"event":"listening",...}` on stdout once it serves. Ctrl-C stops it.
+#[derive(Debug, Args)]
+pub struct GrapeArgs {
+    /// UDP port of the DHT node.
+    #[arg(long = "dp", default_value_t = 20001, value_name = "PORT")]
+    dht_port: u16,
+    /// TCP port of the HTTP API (Grenache's examples use 30001).
+    #[arg(long = "aph", default_value_t = 30001, value_name = "PORT")]
+    api_port: u16,
+    /// Bootstrap nodes, HOST:PORT[,HOST:PORT...]; `none` starts a new private network.
+    /// Without this flag the grape joins the public mainline DHT.
+    #[arg(long = "bn", value_delimiter = ',', value_name = "HOST:PORT")]
+    bootstrap: Option<Vec<String>>,
+    /// Address the DHT node binds to (IPv4: mainline is IPv4 only).
+    #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
+    bind: Ipv4Addr,
+    /// Address the HTTP API binds to. Anyone who can reach it can announce through this
+    /// grape, so it stays on loopback unless you mean to serve remote clients.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    api_bind: IpAddr,
+    /// Seconds an announcement stays visible to lookups (between 3/4 of this and all of
+    /// it). Workers must re-announce at least every 3/4 of it; every grape of a network
+    /// must use the same value.
+    #[arg(long, default_value_t = grape::defaults::DEFAULT_ANNOUNCE_WINDOW.as_secs_f64(), value_name = "SECS")]
+    announce_window: f64,
+    /// This grape's public IPv4 address, when it is known (public grapes: avoids a
+    /// routing-table reset when mainline learns it, BEP 42).
+    #[arg(long, value_name = "IPV4")]
+    public_ip: Option<Ipv4Addr>,
+}
+
+pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
+    let announce_window = Duration::try_from_secs_f64(args.announce_window)
+        .ok()
+        .filter(|d| *d >= Duration::from_millis(4))
+        .context("--announce-window must be at least 0.004 seconds")?;
+    let bootstrap = args.bootstrap.map(|nodes| {
+        nodes
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty() && n != "none")
+            .collect::<Vec<_>>()
+    });
+    if bootstrap.is_none() {
+        info!("no --bn given: joining the public mainline DHT");
+    }
+    let config = GrapeConfig {
+        bind: args.bind,
+        dht_port: args.dht_port,
+        api_port: args.api_port,
+        api_bind: args.api_bind,
+        bootstrap,
+        announce_window,
+        public_ip: args.public_ip,
+        ..GrapeConfig::default()
+    };
+    let grape = Grape::start(config)
+        .await
+        .context("cannot start the grape")?;
+    info!(dht = %grape.dht_addr(), api = %grape.api_addr(), "grape serving");
+    super::emit(serde_json::json!({
+        "event": "listening",
+        "dht": grape.dht_addr().to_string(),
+        "api": grape.api_addr().to_string(),
+    }));
+    super::shutdown_signal().await;
+    info!("shutting down");
+    grape.shutdown().await;
+    Ok(())
+}

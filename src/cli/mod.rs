@@ -1,0 +1,124 @@
+//! Command-line front: one file per subcommand; each converts its flags into library
+//! configs once and runs.
+
+mod call;
+mod demo;
+mod grape;
+mod worker;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes, shared by the subcommands and listed in `call --help`.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any failure not listed below (bad configuration, port in use, ...).
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code).
+    #[allow(dead_code)]
+    pub const USAGE: u8 = 2;
+    /// The worker refused the request (action not allowed, invalid request, ...).
+    pub const REFUSED: u8 = 3;
+    /// The Nano node answered with an error (`{"error": ...}` or a non-2xx status).
+    pub const NODE_ERROR: u8 = 4;
+    /// No worker announces the service key.
+    pub const NO_WORKER: u8 = 5;
+    /// No answer within the deadline.
+    pub const TIMEOUT: u8 = 6;
+    /// The grape or every worker found was unreachable.
+    pub const UNREACHABLE: u8 = 7;
+}
+
+/// nano-connect: Nano node RPC over a Grenache-style mesh of grapes and workers.
+///
+/// Grapes form a BitTorrent mainline DHT; workers run next to a Nano node and announce a
+/// service key; clients look the key up and send RPC frames over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "nano-connect", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Grape(grape::GrapeArgs),
+    Worker(worker::WorkerArgs),
+    Call(call::CallArgs),
+    Demo(demo::DemoArgs),
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else by `-v`/`-q`.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,nano_connect=info,grape=info",
+        (false, 1) => "info,nano_connect=debug,grape=debug",
+        (false, _) => "debug,nano_connect=trace,grape=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the chosen subcommand and returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Grape(args) => grape::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Call(args) => return call::run(args, cli.verbose).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("nano-connect: {}", chain(&e));
+            exit::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+pub fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Resolves when the user presses Ctrl-C or the process gets SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Prints one machine-readable event line on stdout (for scripts and tests).
+pub fn emit(event: serde_json::Value) {
+    println!("{event}");
+}

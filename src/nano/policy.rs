@@ -1,0 +1,837 @@
+//! The relay policy: which Nano RPC requests a relay forwards, and in what form (sans-IO).
+//!
+//! [`Policy::check`] takes the request body a caller sent and either refuses it with a
+//! [`Refusal`] or returns the bytes to post to the node. It owns no socket and reads no
+//! clock. The rules, in the order they are applied:
+//!
+//! 1. The body is one JSON object (RFC 8259) in which no object repeats a key. nano-node
+//!    reads the body with boost's property tree, whose `get` returns the *first* of two
+//!    equal keys, while serde (and so this check) keeps the *last*: with a repeated
+//!    `action` the node could run an action this check never saw.
+//! 2. `action` is a string on the allowlist: [`READ_ONLY_ACTIONS`] plus the
+//!    [`OPT_IN_ACTIONS`] the operator added with [`Policy::allow`]. Anything else, unknown
+//!    names included, is refused (`design.md`, "Nano node RPC": the node's own control
+//!    flag is no safe boundary).
+//! 3. `process` is refused when `force` is anything but false (`false`, `"false"`, `0`,
+//!    `"0"`): a forced `process` makes the node replace a block it already has
+//!    (<https://docs.nano.org/commands/rpc-protocol/#process>).
+//! 4. No array anywhere in the body holds more than [`Policy::max_array_len`] entries
+//!    (`accounts`, `hashes`, ...): the node's work grows with them.
+//! 5. A top-level `account_filter` is removed: it makes `receivable` and
+//!    `accounts_receivable` scan for the listed senders, work a relay does not offer.
+//! 6. `count` is capped at [`Policy::max_count`]. The Nano RPC sends numbers as strings
+//!    (`"count": "10"`), and nano-node reads them with C++ `std::stoull`, which skips
+//!    leading white space, takes a sign and wraps negatives (`"-1"` is 2^64 − 1, "all").
+//!    Any count the node would read as more than the cap, or would read differently from
+//!    plain digits, is rewritten to plain digits no larger than the cap.
+//!
+//! When rules 5 and 6 change nothing, the caller's bytes are forwarded unchanged, byte for
+//! byte. Otherwise the body is serialized anew (keys may come out in another order).
+//!
+//! [`READ_ONLY_ACTIONS`]: super::actions::READ_ONLY_ACTIONS
+//! [`OPT_IN_ACTIONS`]: super::actions::OPT_IN_ACTIONS
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use super::actions::{OPT_IN_ACTIONS, READ_ONLY_ACTIONS};
+use crate::frame::{ErrorCode, WireError};
+
+/// Default cap on a request's `count`, in items.
+///
+/// Nano wallets page `account_history` and `receivable` in pages of tens to hundreds; a
+/// thousand items keeps an answer well below a megabyte.
+pub const DEFAULT_MAX_COUNT: u64 = 1000;
+
+/// Default cap on the entries of any array in a request.
+///
+/// 500 account addresses (65 bytes each with quotes and comma) take about 33 KB, half of
+/// the 64 KiB request frame a worker reads by default (`DEFAULT_MAX_REQUEST_BYTES`), so the
+/// cap is reached before the frame limit by a request that means it.
+pub const DEFAULT_MAX_ARRAY_LEN: usize = 500;
+
+/// Longest part of a caller's text (an action name, a key) quoted back in a refusal.
+const MAX_QUOTED_CHARS: usize = 64;
+
+/// Which requests a relay forwards: an allowlist of actions and caps on their arguments.
+///
+/// Start from [`Policy::read_only`] (also the [`Default`]) and add opt-ins with
+/// [`Policy::allow`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    allowed: BTreeSet<String>,
+    max_count: u64,
+    max_array_len: usize,
+}
+
+/// Why [`Policy::check`] refused a request: the code and message a worker answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// [`ErrorCode::InvalidRequest`] for a body that is not a request the relay can
+    /// read or accept, [`ErrorCode::ActionNotAllowed`] for an action (or `process` with
+    /// `force`) outside the allowlist.
+    pub code: ErrorCode,
+    /// One human-readable line; any text of the caller's in it is quoted and shortened.
+    pub message: String,
+}
+
+/// Why [`Policy::allow`] did not add an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "action {action:?} cannot be allowed: only process, work_generate and block_confirm \
+     can be added to the read-only allowlist"
+)]
+#[non_exhaustive]
+pub struct AllowError {
+    /// The action that was asked for.
+    pub action: String,
+}
+
+impl Refusal {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::InvalidRequest,
+            message: message.into(),
+        }
+    }
+
+    fn not_allowed(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::ActionNotAllowed,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for WireError {
+    fn from(refusal: Refusal) -> Self {
+        WireError::new(refusal.code, refusal.message)
+    }
+}
+
+impl Default for Policy {
+    /// The same as [`Policy::read_only`].
+    fn default() -> Self {
+        Self::read_only()
+    }
+}
+
+impl Policy {
+    /// The default policy: [`READ_ONLY_ACTIONS`],
+    /// `count` capped at [`DEFAULT_MAX_COUNT`], arrays at [`DEFAULT_MAX_ARRAY_LEN`].
+    pub fn read_only() -> Self {
+        Self {
+            allowed: READ_ONLY_ACTIONS.iter().map(|a| a.to_string()).collect(),
+            max_count: DEFAULT_MAX_COUNT,
+            max_array_len: DEFAULT_MAX_ARRAY_LEN,
+        }
+    }
+
+    /// Adds an opt-in action (`process`, `work_generate` or `block_confirm`, see
+    /// [`OPT_IN_ACTIONS`]) to the allowlist.
+    ///
+    /// Allowing an action that is already allowed does nothing. Errors with
+    /// [`AllowError`] for any other action: everything outside the two lists stays
+    /// refused.
+    pub fn allow(&mut self, action: &str) -> Result<&mut Self, AllowError> {
+        if READ_ONLY_ACTIONS.contains(&action) || OPT_IN_ACTIONS.contains(&action) {
+            self.allowed.insert(action.to_string());
+            Ok(self)
+        } else {
+            Err(AllowError {
+                action: action.to_string(),
+            })
+        }
+    }
+
+    /// Whether requests with this `action` are forwarded (subject to the other rules).
+    pub fn is_allowed(&self, action: &str) -> bool {
+        self.allowed.contains(action)
+    }
+
+    /// The allowed actions, sorted.
+    pub fn allowed(&self) -> impl Iterator<Item = &str> + '_ {
+        self.allowed.iter().map(String::as_str)
+    }
+
+    /// The cap on a request's `count`, in items.
+    pub fn max_count(&self) -> u64 {
+        self.max_count
+    }
+
+    /// Sets the cap on a request's `count`, in items; at least 1 (0 is taken as 1).
+    pub fn set_max_count(&mut self, count: u64) -> &mut Self {
+        self.max_count = count.max(1);
+        self
+    }
+
+    /// The cap on the entries of any one array in a request.
+    pub fn max_array_len(&self) -> usize {
+        self.max_array_len
+    }
+
+    /// Sets the cap on the entries of any one array in a request.
+    pub fn set_max_array_len(&mut self, len: usize) -> &mut Self {
+        self.max_array_len = len;
+        self
+    }
+
+    /// Checks one request body and returns the bytes to post to the node.
+    ///
+    /// The rules are listed in the [module documentation](self). The returned bytes are
+    /// `body` itself, unchanged, unless `account_filter` was removed or `count` capped.
+    ///
+    /// Errors with a [`Refusal`]: [`ErrorCode::InvalidRequest`] when the body is not a
+    /// JSON object, repeats a key, lacks a string `action`, has an array over the cap, a
+    /// `count` that is not an integer, or would need a rewrite that could alter one of
+    /// its numbers; [`ErrorCode::ActionNotAllowed`] when the action is not on the
+    /// allowlist or is `process` with `force`.
+    pub fn check(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let Parsed {
+            mut request,
+            inexact_number,
+        } = parse_object(body)?;
+
+        let action = match request.get("action") {
+            None => return Err(Refusal::invalid("missing \"action\"")),
+            Some(Value::String(action)) => action.clone(),
+            Some(_) => return Err(Refusal::invalid("\"action\" must be a string")),
+        };
+        if !self.allowed.contains(&action) {
+            return Err(Refusal::not_allowed(format!(
+                "action {} is not allowed by this relay ({})",
+                quoted(&action),
+                self.describe_allowlist()
+            )));
+        }
+        if action == "process" && request.get("force").is_some_and(|force| !is_false(force)) {
+            return Err(Refusal::not_allowed(
+                "action \"process\" with \"force\" is not allowed by this relay",
+            ));
+        }
+        for (key, value) in &request {
+            if let Some(len) = longest_array(value).filter(|&len| len > self.max_array_len) {
+                return Err(Refusal::invalid(format!(
+                    "{} holds an array of {len} entries; this relay accepts at most {}",
+                    quoted(key),
+                    self.max_array_len
+                )));
+            }
+        }
+
+        let mut changed = request.remove("account_filter").is_some();
+        if let Some(count) = request.get_mut("count") {
+            changed |= cap_count(count, self.max_count)?;
+        }
+        if !changed {
+            return Ok(body.to_vec());
+        }
+        if inexact_number {
+            return Err(Refusal::invalid(
+                "request body holds a JSON number that is not an exact integer and could \
+                 change when the relay rewrites the body (count cap, account_filter); send \
+                 numbers as strings, as the Nano RPC does",
+            ));
+        }
+        serde_json::to_vec(&Value::Object(request)).map_err(|e| Refusal {
+            code: ErrorCode::Internal,
+            message: format!("could not serialize the rewritten request: {e}"),
+        })
+    }
+
+    /// "read-only allowlist", plus the opted-in actions if any.
+    fn describe_allowlist(&self) -> String {
+        let opted: Vec<&str> = OPT_IN_ACTIONS
+            .iter()
+            .copied()
+            .filter(|a| self.allowed.contains(*a))
+            .collect();
+        if opted.is_empty() {
+            "read-only allowlist".to_string()
+        } else {
+            format!("read-only allowlist plus {}", opted.join(", "))
+        }
+    }
+}
+
+/// `text` in double quotes with escapes, shortened to [`MAX_QUOTED_CHARS`] characters.
+fn quoted(text: &str) -> String {
+    if text.chars().count() <= MAX_QUOTED_CHARS {
+        format!("{text:?}")
+    } else {
+        let short: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+        format!("{short:?}...")
+    }
+}
+
+/// Whether boost's `get<bool>` (and serde) would read `value` as false.
+fn is_false(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::String(s) => s == "false" || s == "0",
+        Value::Number(n) => n.as_u64() == Some(0),
+        _ => false,
+    }
+}
+
+/// The length of the longest array in `value`, at any depth.
+fn longest_array(value: &Value) -> Option<usize> {
+    match value {
+        Value::Array(items) => {
+            let inner = items.iter().filter_map(longest_array).max();
+            Some(inner.map_or(items.len(), |i| i.max(items.len())))
+        }
+        Value::Object(map) => map.values().filter_map(longest_array).max(),
+        _ => None,
+    }
+}
+
+/// Caps `count` at `max` in place; returns whether it changed.
+fn cap_count(count: &mut Value, max: u64) -> Result<bool, Refusal> {
+    match count {
+        Value::String(text) => {
+            let Some(read) = read_count_text(text) else {
+                return Err(Refusal::invalid(
+                    "\"count\" must be a decimal integer, as a string",
+                ));
+            };
+            if read.plain && read.value <= max {
+                return Ok(false);
+            }
+            *text = read.value.min(max).to_string();
+            Ok(true)
+        }
+        Value::Number(n) => {
+            let over = match (n.as_u64(), n.as_i64()) {
+                (Some(value), _) => value > max,
+                // Negative, which the node wraps to a huge number.
+                (None, Some(_)) => true,
+                (None, None) => return Err(Refusal::invalid("\"count\" must be an integer")),
+            };
+            if over {
+                *count = Value::Number(Number::from(max));
+            }
+            Ok(over)
+        }
+        _ => Err(Refusal::invalid(
+            "\"count\" must be a decimal integer, as a string",
+        )),
+    }
+}
+
+/// How nano-node reads a `count` text.
+struct CountText {
+    /// The value the node would use, saturated at `u64::MAX`.
+    value: u64,
+    /// Whether the text is plain ASCII digits, which every reader reads alike.
+    plain: bool,
+}
+
+/// Reads `text` as C++ `std::stoull` does, with nano-node's demand that nothing follows
+/// the digits: leading C white space, an optional sign, digits. A negative number wraps
+/// (as `strtoull` does), so it counts as `u64::MAX`; so does an overflow, which the node
+/// would refuse but other nodes may read otherwise. `None` when the node would refuse it
+/// for other reasons.
+fn read_count_text(text: &str) -> Option<CountText> {
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let (negative, digits) = match trimmed.as_bytes().first() {
+        Some(b'-') => (true, &trimmed[1..]),
+        Some(b'+') => (false, &trimmed[1..]),
+        _ => (false, trimmed),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let magnitude = digits.parse::<u64>().unwrap_or(u64::MAX);
+    let value = if negative && magnitude != 0 {
+        u64::MAX
+    } else {
+        magnitude
+    };
+    Some(CountText {
+        value,
+        plain: digits.len() == text.len(),
+    })
+}
+
+/// A request body read by [`parse_object`].
+struct Parsed {
+    request: Map<String, Value>,
+    /// Whether some number was read as a float (a fraction, an exponent, or an integer
+    /// beyond 64 bits), which serializing anew might not reproduce.
+    inexact_number: bool,
+}
+
+/// Reads `body` as one JSON object whose objects repeat no key.
+fn parse_object(body: &[u8]) -> Result<Parsed, Refusal> {
+    let state = ParseState::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = StrictValue { state: &state }
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value));
+    match value {
+        Ok(Value::Object(request)) => Ok(Parsed {
+            request,
+            inexact_number: state.inexact_number.get(),
+        }),
+        Ok(_) => Err(Refusal::invalid("request body is not a JSON object")),
+        Err(e) => match state.duplicate.take() {
+            Some(key) => Err(Refusal::invalid(format!(
+                "request body repeats the key {}",
+                quoted(&key)
+            ))),
+            None => Err(Refusal::invalid(format!(
+                "request body is not a JSON object: {e}"
+            ))),
+        },
+    }
+}
+
+/// What [`StrictValue`] learns while it reads.
+#[derive(Default)]
+struct ParseState {
+    inexact_number: Cell<bool>,
+    duplicate: RefCell<Option<String>>,
+}
+
+/// Reads any JSON value like `serde_json::Value` does, but fails on a repeated key and
+/// notes inexact numbers. Depth is bounded by serde_json's recursion limit (128).
+#[derive(Clone, Copy)]
+struct StrictValue<'s> {
+    state: &'s ParseState,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.state.inexact_number.set(true);
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let message = format!("duplicate key {}", quoted(&key));
+                *self.state.duplicate.borrow_mut() = Some(key);
+                return Err(de::Error::custom(message));
+            }
+            let value = map.next_value_seed(self)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nano::actions::NANO_NODE_ACTIONS;
+    use serde_json::json;
+
+    const ACCOUNT: &str = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
+
+    fn check(policy: &Policy, body: &str) -> Result<Value, Refusal> {
+        policy
+            .check(body.as_bytes())
+            .map(|out| serde_json::from_slice(&out).expect("forwarded body is JSON"))
+    }
+
+    fn refusal(policy: &Policy, body: &str) -> Refusal {
+        policy.check(body.as_bytes()).expect_err(body)
+    }
+
+    #[test]
+    fn unchanged_request_is_forwarded_byte_for_byte() {
+        let policy = Policy::read_only();
+        for body in [
+            r#"{"action":"block_count"}"#,
+            "{ \"action\" : \"account_history\",\n \"account\": \"x\", \"count\": \"10\" }",
+            r#"{"count":"1000","action":"chain","block":"AB"}"#,
+            r#"{"action":"version","x":1.5e300}"#,
+        ] {
+            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn not_json_or_not_an_object_is_invalid() {
+        let policy = Policy::read_only();
+        for body in [
+            "",
+            "action=version",
+            "{\"action\":\"version\"",
+            "{\"action\":\"version\"} trailing",
+            "[{\"action\":\"version\"}]",
+            "\"version\"",
+            "null",
+        ] {
+            let r = refusal(&policy, body);
+            assert_eq!(r.code, ErrorCode::InvalidRequest, "{body}");
+            assert!(
+                r.message.starts_with("request body is not a JSON object"),
+                "{body}: {}",
+                r.message
+            );
+        }
+        // Invalid UTF-8 inside a string.
+        let r = policy.check(b"{\"action\":\"ver\xffsion\"}").unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let body = format!(
+            "{{\"action\":\"version\",\"x\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let r = refusal(&Policy::read_only(), &body);
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn missing_or_non_string_action_is_invalid() {
+        let policy = Policy::read_only();
+        let r = refusal(&policy, &format!(r#"{{"account":"{ACCOUNT}"}}"#));
+        assert_eq!(r, Refusal::invalid("missing \"action\""));
+        for body in [
+            r#"{"action":7}"#,
+            r#"{"action":["version"]}"#,
+            r#"{"action":null}"#,
+        ] {
+            assert_eq!(
+                refusal(&policy, body).code,
+                ErrorCode::InvalidRequest,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        let policy = Policy::read_only();
+        for body in [
+            // boost's ptree would run the first action; serde keeps the last.
+            r#"{"action":"wallet_export","action":"version"}"#,
+            r#"{"action":"version","action":"version"}"#,
+            r#"{"action":"account_history","count":"1","count":"99999"}"#,
+            r#"{"action":"block_hash","block":{"type":"state","type":"send"}}"#,
+        ] {
+            let r = refusal(&policy, body);
+            assert_eq!(r.code, ErrorCode::InvalidRequest, "{body}");
+            assert!(r.message.contains("repeats the key"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn actions_off_the_allowlist_are_refused() {
+        let policy = Policy::read_only();
+        let r = refusal(&policy, r#"{"action":"wallet_export","wallet":"00"}"#);
+        assert_eq!(
+            r,
+            Refusal::not_allowed(
+                "action \"wallet_export\" is not allowed by this relay (read-only allowlist)"
+            )
+        );
+        for action in ["unknown_action_xyz", "Version", "version ", "", "process"] {
+            let r = refusal(&policy, &json!({ "action": action }).to_string());
+            assert_eq!(r.code, ErrorCode::ActionNotAllowed, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn every_node_action_outside_the_lists_is_refused() {
+        let policy = Policy::read_only();
+        for action in NANO_NODE_ACTIONS {
+            let body = json!({ "action": action }).to_string();
+            let outcome = policy.check(body.as_bytes());
+            if READ_ONLY_ACTIONS.contains(action) {
+                assert!(outcome.is_ok(), "{action}");
+            } else {
+                assert_eq!(
+                    outcome.unwrap_err().code,
+                    ErrorCode::ActionNotAllowed,
+                    "{action}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn long_action_names_are_shortened_in_the_message() {
+        let action = "x".repeat(10_000);
+        let r = refusal(
+            &Policy::read_only(),
+            &json!({ "action": action }).to_string(),
+        );
+        assert!(r.message.len() < 200, "{}", r.message);
+        assert!(!r.message.contains('\n'));
+    }
+
+    #[test]
+    fn opt_ins_are_allowed_one_by_one_and_nothing_else() {
+        let mut policy = Policy::read_only();
+        policy.allow("process").unwrap();
+        assert!(policy.is_allowed("process"));
+        assert!(!policy.is_allowed("work_generate"));
+        assert!(check(
+            &policy,
+            r#"{"action":"process","json_block":"true","block":{}}"#
+        )
+        .is_ok());
+        let r = refusal(&policy, r#"{"action":"send"}"#);
+        assert_eq!(
+            r.message,
+            "action \"send\" is not allowed by this relay (read-only allowlist plus process)"
+        );
+        assert_eq!(
+            policy.allow("wallet_export").unwrap_err().action,
+            "wallet_export"
+        );
+        assert!(policy.allow("version").is_ok());
+        assert!(!policy.is_allowed("wallet_export"));
+    }
+
+    #[test]
+    fn process_with_force_is_refused_even_when_opted_in() {
+        let mut policy = Policy::read_only();
+        policy.allow("process").unwrap();
+        for force in [
+            json!(true),
+            json!("true"),
+            json!("1"),
+            json!(1),
+            json!("yes"),
+            json!(null),
+        ] {
+            let body = json!({ "action": "process", "force": force, "block": "{}" }).to_string();
+            let r = refusal(&policy, &body);
+            assert_eq!(r.code, ErrorCode::ActionNotAllowed, "{force}");
+            assert!(r.message.contains("force"), "{}", r.message);
+        }
+        for force in [json!(false), json!("false"), json!("0"), json!(0)] {
+            let body = json!({ "action": "process", "force": force, "block": "{}" }).to_string();
+            assert_eq!(
+                policy.check(body.as_bytes()).unwrap(),
+                body.as_bytes(),
+                "{force}"
+            );
+        }
+    }
+
+    #[test]
+    fn arrays_over_the_cap_are_refused() {
+        let mut policy = Policy::read_only();
+        policy.set_max_array_len(3);
+        let ok = json!({ "action": "accounts_balances", "accounts": ["a", "b", "c"] }).to_string();
+        assert_eq!(policy.check(ok.as_bytes()).unwrap(), ok.as_bytes());
+        for (body, key) in [
+            (
+                json!({ "action": "accounts_balances", "accounts": ["a", "b", "c", "d"] }),
+                "accounts",
+            ),
+            (
+                json!({ "action": "blocks_info", "hashes": ["1", "2", "3", "4", "5"] }),
+                "hashes",
+            ),
+            (
+                json!({ "action": "version", "anything": [1, 2, 3, 4] }),
+                "anything",
+            ),
+            (
+                json!({ "action": "version", "nested": { "deep": [[1, 2, 3, 4]] } }),
+                "nested",
+            ),
+        ] {
+            let r = refusal(&policy, &body.to_string());
+            assert_eq!(r.code, ErrorCode::InvalidRequest);
+            assert!(
+                r.message
+                    .starts_with(&format!("\"{key}\" holds an array of")),
+                "{}",
+                r.message
+            );
+            assert!(r.message.contains("at most 3"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn account_filter_is_stripped() {
+        let policy = Policy::read_only();
+        let out = check(
+            &policy,
+            &json!({
+                "action": "receivable",
+                "account": ACCOUNT,
+                "count": "5",
+                "account_filter": [ACCOUNT],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({ "action": "receivable", "account": ACCOUNT, "count": "5" })
+        );
+    }
+
+    #[test]
+    fn count_over_the_cap_is_rewritten_keeping_its_type() {
+        let mut policy = Policy::read_only();
+        policy.set_max_count(100);
+        let cases = [
+            (json!("101"), json!("100")),
+            (json!("99999999999999999999999999"), json!("100")),
+            (json!(5000), json!(100)),
+            (json!(u64::MAX), json!(100)),
+        ];
+        for (count, capped) in cases {
+            let body = json!({ "action": "account_history", "count": count }).to_string();
+            let out = check(&policy, &body).unwrap();
+            assert_eq!(out["count"], capped, "{count}");
+        }
+    }
+
+    #[test]
+    fn count_the_node_would_read_as_huge_or_oddly_is_rewritten() {
+        let mut policy = Policy::read_only();
+        policy.set_max_count(100);
+        let cases = [
+            // std::stoull wraps negatives: "-1" is 2^64 - 1 to nano-node.
+            ("-1", "100"),
+            ("-0", "0"),
+            ("+5", "5"),
+            (" 5", "5"),
+            ("\t\n500", "100"),
+        ];
+        for (count, capped) in cases {
+            let body = json!({ "action": "chain", "count": count }).to_string();
+            assert_eq!(check(&policy, &body).unwrap()["count"], capped, "{count:?}");
+        }
+        let body = json!({ "action": "chain", "count": -1 }).to_string();
+        assert_eq!(check(&policy, &body).unwrap()["count"], json!(100));
+    }
+
+    #[test]
+    fn count_within_the_cap_is_left_alone() {
+        let policy = Policy::read_only();
+        for body in [
+            r#"{"action":"chain","count":"1000"}"#,
+            r#"{"action":"chain","count":"0010"}"#,
+            r#"{"action":"chain","count":"0"}"#,
+            r#"{"action":"chain","count":7}"#,
+        ] {
+            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn count_that_is_not_an_integer_is_invalid() {
+        let policy = Policy::read_only();
+        for count in [
+            json!("ten"),
+            json!(""),
+            json!("5 "),
+            json!("0x10"),
+            json!("1.5"),
+            json!(1.5),
+            json!(true),
+            json!(null),
+            json!(["5"]),
+        ] {
+            let body = json!({ "action": "chain", "count": count }).to_string();
+            assert_eq!(
+                refusal(&policy, &body).code,
+                ErrorCode::InvalidRequest,
+                "{count}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rewrite_that_could_alter_a_number_is_refused() {
+        let policy = Policy::read_only();
+        let body = r#"{"action":"chain","count":"5000","threshold":340282366920938463463374607431768211455}"#;
+        let r = refusal(&policy, body);
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+        assert!(r.message.contains("as strings"), "{}", r.message);
+        // Integers within 64 bits survive a rewrite exactly.
+        let body = r#"{"action":"chain","count":"5000","offset":18446744073709551615,"x":-9}"#;
+        let out = check(&policy, body).unwrap();
+        assert_eq!(out["offset"], json!(u64::MAX));
+        assert_eq!(out["x"], json!(-9));
+    }
+
+    #[test]
+    fn setters_clamp_and_report() {
+        let mut policy = Policy::default();
+        assert_eq!(policy, Policy::read_only());
+        assert_eq!(policy.max_count(), DEFAULT_MAX_COUNT);
+        assert_eq!(policy.max_array_len(), DEFAULT_MAX_ARRAY_LEN);
+        policy.set_max_count(0).set_max_array_len(7);
+        assert_eq!(policy.max_count(), 1);
+        assert_eq!(policy.max_array_len(), 7);
+        assert_eq!(policy.allowed().count(), READ_ONLY_ACTIONS.len());
+    }
+
+    #[test]
+    fn refusal_converts_to_a_wire_error() {
+        let wire: WireError = Refusal::not_allowed("no").into();
+        assert_eq!(wire, WireError::new(ErrorCode::ActionNotAllowed, "no"));
+    }
+}

@@ -1,0 +1,450 @@
+//! The relay's I/O edge: [`NanoRelay`] posts checked requests to a Nano node's HTTP RPC.
+//!
+//! Per request: [`Policy::check`] first (a refused request never reaches the node), then
+//! one HTTP/1.1 `POST /` to the node with `content-type: application/json` and the checked
+//! body, through one shared connection pool. The node's status and body come back as a
+//! [`Reply::Answer`], whatever they are: nano-node reports errors as HTTP 200 with
+//! `{"error": "..."}`, RsNano some as HTTP 422 with plain text, and the caller sees either
+//! exactly as the node sent it.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Client, Url};
+
+use super::policy::Policy;
+use crate::frame::{ErrorCode, WireError};
+use crate::service::{Handler, Reply, Request};
+
+/// Default deadline of one request to the node, from connecting to the answer's last
+/// byte. Ledger reads answer in milliseconds; a node that takes ten seconds is stuck or
+/// overloaded, and the caller's own deadline (`DEFAULT_REQUEST_TIMEOUT`, 10 s) has passed.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default cap on the node's answer, in bytes (4 MiB).
+///
+/// A `count` of [`DEFAULT_MAX_COUNT`](super::DEFAULT_MAX_COUNT) history entries or
+/// blocks takes well under a megabyte; the cap stays below the 8 MiB response frame
+/// (`DEFAULT_MAX_RESPONSE_BYTES`) so that an answer the relay accepts also fits a frame.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The request [`NanoRelay::probe`] sends.
+const VERSION_REQUEST: &[u8] = br#"{"action":"version"}"#;
+
+/// How a [`NanoRelay`] reaches its node and what it lets through.
+#[derive(Debug, Clone)]
+pub struct NanoRelayConfig {
+    /// The node's RPC address, `http://host:port` (default `http://127.0.0.1:7076`, the
+    /// live network's RPC port; a dev network node listens on 45000).
+    ///
+    /// Only the scheme, host and port are used: requests always go to path `/`, and any
+    /// path, query or user name given here is ignored (with a warning). nano-node treats
+    /// POSTs to paths under `/api/v2` differently, skipping its control check, so a
+    /// relay must not post there. Only `http` is accepted: this build has no TLS.
+    pub node_url: String,
+    /// Which requests to forward (default [`Policy::read_only`]).
+    pub policy: Policy,
+    /// Deadline of one request to the node, connecting and reading the whole answer
+    /// included (default [`DEFAULT_NODE_TIMEOUT`], 10 s).
+    pub timeout: Duration,
+    /// Largest answer body taken from the node, in bytes (default
+    /// [`DEFAULT_MAX_ANSWER_BYTES`], 4 MiB). A longer answer is dropped as soon as the
+    /// limit is passed and the caller gets an [`ErrorCode::Internal`] failure.
+    pub max_answer_bytes: usize,
+}
+
+impl Default for NanoRelayConfig {
+    fn default() -> Self {
+        Self {
+            node_url: crate::defaults::DEFAULT_NANO_RPC_URL.to_string(),
+            policy: Policy::read_only(),
+            timeout: DEFAULT_NODE_TIMEOUT,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+        }
+    }
+}
+
+/// A [`Handler`] that relays Nano RPC requests to one node under a [`Policy`].
+///
+/// It answers every request: with the node's status and body ([`Reply::Answer`]), or with
+/// a [`Reply::Failure`] whose code says why not:
+///
+/// | code | when |
+/// |---|---|
+/// | [`ErrorCode::InvalidRequest`], [`ErrorCode::ActionNotAllowed`] | the policy refused it; the node never saw it |
+/// | [`ErrorCode::UpstreamUnreachable`] | no connection to the node, or it broke off the exchange |
+/// | [`ErrorCode::UpstreamTimeout`] | no complete answer within the configured timeout |
+/// | [`ErrorCode::Internal`] | the answer is larger than `max_answer_bytes` |
+///
+/// It serves whatever key the server routes to it; it does not look at
+/// [`Request::key`]. Cloning is cheap and shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct NanoRelay {
+    client: Client,
+    endpoint: Url,
+    policy: Policy,
+    timeout: Duration,
+    max_answer_bytes: usize,
+}
+
+/// Why [`NanoRelay::new`] could not make a relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NanoRelayError {
+    /// `node_url` is not an absolute URL with a host; give it as `http://host:port`.
+    #[error("invalid Nano node URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `node_url` has a scheme other than `http`. This build has no TLS; put a node
+    /// that is not local behind a tunnel and give the tunnel's `http` address.
+    #[error("Nano node URL {url:?} has scheme {scheme:?}; only http is supported")]
+    UnsupportedScheme {
+        /// The URL as configured.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The HTTP client could not be built (for example, no system resolver).
+    #[error("could not build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Why [`NanoRelay::probe`] found no working node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// Nothing accepted a connection at the node's address: is the node running with
+    /// RPC enabled (`rpc.enable`), on that port?
+    #[error("Nano node at {url} is unreachable: {reason}")]
+    Unreachable {
+        /// The node's endpoint.
+        url: String,
+        /// The transport's explanation.
+        reason: String,
+    },
+    /// The node did not answer `version` within the relay's timeout.
+    #[error("Nano node at {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The node's endpoint.
+        url: String,
+        /// The relay's timeout.
+        timeout: Duration,
+    },
+    /// Something answered, but not as a Nano node answers `version`: an HTTP status
+    /// other than 200, a body that is not a JSON object, `{"error": ...}`, or an answer
+    /// over the relay's size limit.
+    #[error("{url} does not answer like a Nano node RPC: {reason}")]
+    NotANode {
+        /// The node's endpoint.
+        url: String,
+        /// What came back.
+        reason: String,
+    },
+}
+
+/// What a node said about itself in its answer to `version`. A field the node left out
+/// is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct NodeVersion {
+    /// The node's name and version, such as `"Nano V27.1"` or `"RsNano 2.0"`.
+    pub node_vendor: Option<String>,
+    /// The network: `"live"`, `"beta"`, `"test"` or `"dev"`.
+    pub network: Option<String>,
+    /// The RPC protocol version, such as `"1"`.
+    pub rpc_version: Option<String>,
+}
+
+/// Why one exchange with the node gave no answer.
+#[derive(Debug)]
+enum ForwardError {
+    /// No connection (refused, no route, connect timeout).
+    Unreachable(String),
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The connection broke after it was made.
+    Broken(String),
+    /// The answer passed the size cap.
+    TooLarge,
+}
+
+impl NanoRelay {
+    /// Makes a relay from `config`; nothing is sent until the first request.
+    ///
+    /// Errors with [`NanoRelayError::InvalidUrl`] or [`NanoRelayError::UnsupportedScheme`]
+    /// for a `node_url` that is not `http://host[:port]`, and [`NanoRelayError::Client`]
+    /// when the HTTP client cannot be built.
+    pub fn new(config: NanoRelayConfig) -> Result<Self, NanoRelayError> {
+        let endpoint = endpoint(&config.node_url)?;
+        let client = Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // The node is addressed directly: no proxy from the environment, and no
+            // redirect that could lead a request to another path or host.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(NanoRelayError::Client)?;
+        Ok(Self {
+            client,
+            endpoint,
+            policy: config.policy,
+            timeout: config.timeout,
+            max_answer_bytes: config.max_answer_bytes,
+        })
+    }
+
+    /// The URL requests are posted to: the configured scheme, host and port, path `/`.
+    pub fn node_url(&self) -> &str {
+        self.endpoint.as_str()
+    }
+
+    /// The policy requests are checked against.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Asks the node for `{"action":"version"}`, bypassing the policy, to learn whether
+    /// a Nano node answers at the configured address, and what it says about itself.
+    ///
+    /// Errors with [`ProbeError::Unreachable`] when no connection can be made,
+    /// [`ProbeError::Timeout`] after the configured timeout, and
+    /// [`ProbeError::NotANode`] when the answer is not a Nano node's answer to `version`
+    /// (a status other than 200, not a JSON object, or `{"error": ...}`).
+    pub async fn probe(&self) -> Result<NodeVersion, ProbeError> {
+        let url = self.endpoint.to_string();
+        let (status, body) = match self.post(VERSION_REQUEST.to_vec()).await {
+            Ok(answer) => answer,
+            Err(ForwardError::Unreachable(reason)) | Err(ForwardError::Broken(reason)) => {
+                return Err(ProbeError::Unreachable { url, reason })
+            }
+            Err(ForwardError::Timeout) => {
+                return Err(ProbeError::Timeout {
+                    url,
+                    timeout: self.timeout,
+                })
+            }
+            Err(ForwardError::TooLarge) => {
+                return Err(ProbeError::NotANode {
+                    url,
+                    reason: format!("an answer over {} bytes", self.max_answer_bytes),
+                })
+            }
+        };
+        let not_a_node = |reason: String| ProbeError::NotANode {
+            url: url.clone(),
+            reason,
+        };
+        if status != 200 {
+            return Err(not_a_node(format!("HTTP {status}: {}", excerpt(&body))));
+        }
+        let Ok(serde_json::Value::Object(answer)) = serde_json::from_slice(&body) else {
+            return Err(not_a_node(format!("not a JSON object: {}", excerpt(&body))));
+        };
+        let field = |name: &str| answer.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        if let Some(error) = field("error") {
+            return Err(not_a_node(format!("error {error:?}")));
+        }
+        Ok(NodeVersion {
+            node_vendor: field("node_vendor"),
+            network: field("network"),
+            rpc_version: field("rpc_version"),
+        })
+    }
+
+    /// One `POST /` with `body`; the node's status and its whole body, read up to the cap.
+    async fn post(&self, body: Vec<u8>) -> Result<(u16, Vec<u8>), ForwardError> {
+        let mut response = self
+            .client
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(ForwardError::from_reqwest)?;
+        let status = response.status().as_u16();
+        let limit = self.max_answer_bytes;
+        let announced = response.content_length().map(usize::try_from);
+        let mut answer = match announced {
+            Some(Ok(len)) if len <= limit => Vec::with_capacity(len),
+            Some(_) => return Err(ForwardError::TooLarge),
+            None => Vec::new(),
+        };
+        while let Some(chunk) = response.chunk().await.map_err(ForwardError::from_reqwest)? {
+            if chunk.len() > limit - answer.len() {
+                return Err(ForwardError::TooLarge);
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok((status, answer))
+    }
+
+    /// The wire error a caller gets for `error`.
+    fn wire_error(&self, error: ForwardError) -> WireError {
+        let url = &self.endpoint;
+        match error {
+            ForwardError::Unreachable(reason) => WireError::new(
+                ErrorCode::UpstreamUnreachable,
+                format!("Nano node at {url} is unreachable: {reason}"),
+            ),
+            ForwardError::Broken(reason) => WireError::new(
+                ErrorCode::UpstreamUnreachable,
+                format!("Nano node at {url} broke off the exchange: {reason}"),
+            ),
+            ForwardError::Timeout => WireError::new(
+                ErrorCode::UpstreamTimeout,
+                format!(
+                    "Nano node at {url} did not answer within {:?}",
+                    self.timeout
+                ),
+            ),
+            ForwardError::TooLarge => WireError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the Nano node's answer is larger than this relay's limit of {} bytes",
+                    self.max_answer_bytes
+                ),
+            ),
+        }
+    }
+}
+
+impl Handler for NanoRelay {
+    async fn handle(&self, request: Request) -> Reply {
+        let body = match self.policy.check(&request.body) {
+            Ok(body) => body,
+            Err(refusal) => {
+                tracing::debug!(peer = %request.peer, %refusal, "nano relay refused a request");
+                return Reply::Failure(refusal.into());
+            }
+        };
+        match self.post(body).await {
+            Ok((status, body)) => Reply::Answer { status, body },
+            Err(error) => {
+                let error = self.wire_error(error);
+                tracing::warn!(peer = %request.peer, code = %error.code, "{}", error.message);
+                Reply::Failure(error)
+            }
+        }
+    }
+}
+
+impl ForwardError {
+    fn from_reqwest(error: reqwest::Error) -> Self {
+        if error.is_connect() {
+            Self::Unreachable(causes(&error))
+        } else if error.is_timeout() {
+            Self::Timeout
+        } else {
+            Self::Broken(causes(&error))
+        }
+    }
+}
+
+/// The causes of a reqwest error, joined by ": " (its own line repeats the URL).
+fn causes(error: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        error.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// The first 200 bytes of a body, as lossy UTF-8 on one line.
+fn excerpt(body: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    head.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `node_url` reduced to scheme, host and port, with path `/`.
+fn endpoint(node_url: &str) -> Result<Url, NanoRelayError> {
+    let invalid = |reason: String| NanoRelayError::InvalidUrl {
+        url: node_url.to_string(),
+        reason,
+    };
+    let mut url = Url::parse(node_url).map_err(|e| invalid(e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(NanoRelayError::UnsupportedScheme {
+            url: node_url.to_string(),
+            scheme: url.scheme().to_string(),
+        });
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".to_string()));
+    }
+    let extra = url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some();
+    url.set_path("/");
+    url.set_query(None);
+    url.set_fragment(None);
+    // These fail only for URLs without a host, excluded above.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    if extra {
+        tracing::warn!(
+            configured = node_url,
+            used = %url,
+            "the Nano relay posts to path / only: ignoring the path, query and user of the node URL"
+        );
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keeps_scheme_host_and_port_only() {
+        for (given, used) in [
+            ("http://127.0.0.1:7076", "http://127.0.0.1:7076/"),
+            ("http://127.0.0.1:7076/api/v2", "http://127.0.0.1:7076/"),
+            ("http://user:pw@[::1]:45000/x?y=1#z", "http://[::1]:45000/"),
+            ("http://localhost", "http://localhost/"),
+        ] {
+            assert_eq!(endpoint(given).unwrap().as_str(), used, "{given}");
+        }
+    }
+
+    #[test]
+    fn endpoint_refuses_other_schemes_and_garbage() {
+        assert!(matches!(
+            endpoint("https://node.example:7076"),
+            Err(NanoRelayError::UnsupportedScheme { scheme, .. }) if scheme == "https"
+        ));
+        for bad in ["", "127.0.0.1:7076", "http://", "not a url"] {
+            assert!(endpoint(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn default_config_says_its_defaults() {
+        let config = NanoRelayConfig::default();
+        assert_eq!(config.node_url, "http://127.0.0.1:7076");
+        assert_eq!(config.timeout, Duration::from_secs(10));
+        assert_eq!(config.max_answer_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.policy, Policy::read_only());
+    }
+
+    #[test]
+    fn excerpt_is_short_and_one_line() {
+        let body = format!("line one\nline two {}", "x".repeat(1000));
+        let e = excerpt(body.as_bytes());
+        assert!(!e.contains('\n'));
+        assert!(e.len() <= 200);
+    }
+}
