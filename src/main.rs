@@ -9,7 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose, args.quiet);
+    cli::init_logging(args.verbose, args.quiet, args.reports_itself());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

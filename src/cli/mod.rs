@@ -55,10 +55,20 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Sets up `tracing` on stderr: `RUST_LOG` if set, else by `-v`/`-q`.
-pub fn init_logging(verbose: u8, quiet: bool) {
+impl Cli {
+    /// Whether the subcommand prints its own report on stdout, so that routine logs
+    /// would only clutter it.
+    pub fn reports_itself(&self) -> bool {
+        matches!(self.command, Command::Demo(_) | Command::Call(_))
+    }
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else by `-v`/`-q`; `terse` drops
+/// routine info lines at the default level.
+pub fn init_logging(verbose: u8, quiet: bool, terse: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if terse => "warn",
         (false, 0) => "warn,nano_connect=info,grape=info",
         (false, 1) => "info,nano_connect=debug,grape=debug",
         (false, _) => "debug,nano_connect=trace,grape=trace",
