@@ -17,6 +17,7 @@
 //! - [`link`]: the Grenache link: announce and lookup through a grape's HTTP API.
 //! - [`transport`]: the UDP socket and the QUIC endpoint settings.
 //! - [`rpc`]: the RPC server (worker side) and client (caller side) over QUIC.
+//! - [`gateway`]: the Nano node RPC dialect on a local HTTP port, carried by the mesh.
 //! - [`nano`]: the Nano RPC relay: allowlist policy (pure) and the HTTP forwarder.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
@@ -26,6 +27,7 @@
 pub mod defaults;
 pub mod fibonacci;
 pub mod frame;
+pub mod gateway;
 pub mod link;
 pub mod nano;
 pub mod rpc;

@@ -38,10 +38,12 @@
 //! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O).
 //! - [`relay`]: [`NanoRelay`], the [`Handler`](crate::service::Handler) that posts to the
 //!   node.
+//! - [`retry`]: which requests a caller may retry on another worker (read-only ones).
 
 pub mod actions;
 pub mod policy;
 pub mod relay;
+pub mod retry;
 
 pub use policy::{AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT};
 pub use relay::{
