@@ -163,7 +163,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     warn!(
                         node = %node_url,
                         error = %e,
-                        "Nano node does not answer yet; not announcing until it does"
+                        "Nano node does not answer yet; requests fail until it does, and the worker is withdrawn from lookups if it stays down"
                     )
                 }
             }
