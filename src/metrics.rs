@@ -10,6 +10,19 @@
 //! | `nano_connect_node_latency_seconds` | histogram | (requests the node answered, cache hits excluded) |
 //! | `nano_connect_open_connections` | gauge | (QUIC connections of the worker, read at scrape time) |
 //!
+//! A grape's metrics ([`GrapeMetrics`], told of every DHT announce and lookup through
+//! [`grape::DhtObserver`]):
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `grape_announces_total` | counter | `outcome` = `stored`, `failed` |
+//! | `grape_lookups_total` | counter | `found` = `some`, `none` |
+//! | `grape_announce_latency_seconds` | histogram | |
+//! | `grape_lookup_latency_seconds` | histogram | |
+//!
+//! Other parts of a process (a broker next to a grape) register their own collectors in
+//! the same [`Registry`] ([`GrapeMetrics::registry`]) to appear on the same endpoint.
+//!
 //! The text format is Prometheus' exposition format, served at `GET /metrics` by
 //! [`serve`].
 
@@ -149,6 +162,89 @@ impl WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// DHT latency buckets, in seconds: loopback answers in a millisecond, a lookup on the
+/// public network takes up to its 2 s deadline, an announce up to its put timeout.
+const DHT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// A grape's DHT metrics, registered in their own [`Registry`].
+#[derive(Debug, Clone)]
+pub struct GrapeMetrics {
+    registry: Registry,
+    announces: IntCounterVec,
+    lookups: IntCounterVec,
+    announce_latency: Histogram,
+    lookup_latency: Histogram,
+}
+
+impl GrapeMetrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let announces = IntCounterVec::new(
+            Opts::new("grape_announces_total", "DHT announces made, by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "grape_lookups_total",
+                "DHT lookups made, by whether they found peers",
+            ),
+            &["found"],
+        )
+        .expect("valid metric");
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(DHT_BUCKETS.to_vec()))
+                .expect("valid metric")
+        };
+        let announce_latency =
+            histogram("grape_announce_latency_seconds", "Time a DHT announce took");
+        let lookup_latency = histogram("grape_lookup_latency_seconds", "Time a DHT lookup took");
+        for metric in [
+            Box::new(announces.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lookups.clone()),
+            Box::new(announce_latency.clone()),
+            Box::new(lookup_latency.clone()),
+        ] {
+            registry.register(metric).expect("unique metric names");
+        }
+        Self {
+            registry,
+            announces,
+            lookups,
+            announce_latency,
+            lookup_latency,
+        }
+    }
+
+    /// The registry, for [`serve`] and for other collectors of the same process.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for GrapeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl grape::DhtObserver for GrapeMetrics {
+    fn announced(&self, ok: bool, took: Duration) {
+        let outcome = if ok { "stored" } else { "failed" };
+        self.announces.with_label_values(&[outcome]).inc();
+        self.announce_latency.observe(took.as_secs_f64());
+    }
+
+    fn looked_up(&self, found: usize, took: Duration) {
+        let found = if found > 0 { "some" } else { "none" };
+        self.lookups.with_label_values(&[found]).inc();
+        self.lookup_latency.observe(took.as_secs_f64());
     }
 }
 

@@ -293,3 +293,40 @@ async fn a_worker_whose_node_stops_answering_stops_announcing_until_it_answers_a
         "only health probes reached the node"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grape_metrics_count_announces_and_lookups() {
+    let a = tokio::task::block_in_place(|| mesh::grape(None, 120.0));
+    let b = tokio::task::block_in_place(|| {
+        mesh::Process::start(&[
+            "grape",
+            "--dp",
+            "0",
+            "--aph",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--bn",
+            &a.dht,
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+    });
+    let b_url = format!("http://{}", b.field("api"));
+    let stub = NanoStub::start(Mode::RsNano).await;
+    let url = stub.url();
+    let (_worker, port) =
+        tokio::task::block_in_place(|| mesh::worker(&b_url, "nano_rpc", &["--nano-rpc", &url]));
+    wait_announced(&b_url, "nano_rpc", &[port]).await;
+    let text = reqwest::get(format!("http://{}/metrics", b.field("metrics")))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} in {text}"));
+    assert!(value("grape_announces_total{outcome=\"stored\"}") >= 1.0);
+    assert!(value("grape_lookups_total{found=\"some\"}") >= 1.0);
+    assert!(value("grape_lookup_latency_seconds_count") >= 1.0);
+    assert!(value("grape_announce_latency_seconds_count") >= 1.0);
+}
