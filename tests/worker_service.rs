@@ -330,3 +330,31 @@ async fn grape_metrics_count_announces_and_lookups() {
     assert!(value("grape_lookup_latency_seconds_count") >= 1.0);
     assert!(value("grape_announce_latency_seconds_count") >= 1.0);
 }
+
+/// With `--max-streams 1`, a connection carries one request at a time: two concurrent
+/// requests to a node that takes 400 ms each take at least 800 ms (a lower bound, so a
+/// slow machine cannot make it fail), and the node never sees them overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_streams_bounds_requests_in_flight_per_connection() {
+    let s = setup(&["--max-streams", "1", "--cache-entries", "0"]).await;
+    // Open the connection first, so both requests share it.
+    s.ask(json!({"action": "block_count"}))
+        .await
+        .expect("answer");
+    s.stub.clear_received();
+    let delay = Duration::from_millis(400);
+    s.stub.set_delay(delay);
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        s.ask(json!({"action": "block_count"})),
+        s.ask(json!({"action": "version"}))
+    );
+    a.expect("first answer");
+    b.expect("second answer");
+    assert!(
+        started.elapsed() >= delay * 2,
+        "two requests overlapped on one connection: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.stub.received().len(), 2);
+}
