@@ -23,10 +23,7 @@ use tracing::{info, warn};
 use crate::link::Link;
 use crate::nano::NanoRelay;
 
-/// Default time between health probes. A worker whose node died vanishes from lookups
-/// after two failed probes (60 s) plus the rest of the grapes' announce window (up to
-/// 256 s), which dominates; probing more often would only load the node.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+pub use crate::defaults::DEFAULT_HEALTH_INTERVAL;
 
 /// What the announcer should do after a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

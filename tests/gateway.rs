@@ -268,13 +268,15 @@ async fn process_is_sent_once_and_reads_are_retried() {
 }
 
 /// Three workers, one of whose node lies: `--quorum 3` answers what the two honest ones
-/// say; with one honest worker killed, no two agree and the error names who said what.
+/// say (and sends `process` to one worker only); with one honest worker killed, no two
+/// agree and the error names who said what.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_outvotes_a_liar_and_names_the_disagreement() {
     let mesh = Mesh::new();
-    let honest_1 = mesh.relay(&[]).await;
-    let mut honest_2 = mesh.relay(&[]).await;
-    let liar = mesh.relay(&[]).await;
+    let opt_in = ["--allow", "process"];
+    let honest_1 = mesh.relay(&opt_in).await;
+    let mut honest_2 = mesh.relay(&opt_in).await;
+    let liar = mesh.relay(&opt_in).await;
     let lie = r#"{"count":"999999","unchecked":"0","cemented":"999999"}"#;
     liar.stub.set_answer(200, lie);
     let ports = [honest_1.port, honest_2.port, liar.port];

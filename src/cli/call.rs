@@ -7,7 +7,7 @@ use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::frame::ErrorCode;
 use nano_connect::link::Link;
-use nano_connect::nano::retry::options_for;
+use nano_connect::nano::retry::{failover_safe, options_for};
 use nano_connect::rpc::quorum::{request_quorum, QuorumError};
 use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
 use serde_json::{Map, Value};
@@ -50,7 +50,8 @@ pub struct CallArgs {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
     /// Ask N distinct workers and print the answer only when a strict majority of them
-    /// agree byte for byte (1: no quorum). Defends against a lying worker.
+    /// agree byte for byte (1: no quorum). Defends against a lying worker. Read-only
+    /// actions only: process, work_generate and block_confirm still go to one worker.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15))]
     quorum: u16,
     /// The Nano RPC action, for example block_count.
@@ -124,7 +125,9 @@ async fn send(
     body: &[u8],
     quorum: u16,
 ) -> Result<Answer, QuorumError> {
-    if quorum > 1 {
+    // The opt-ins (process, ...) go to one worker even with a quorum: see
+    // nano_connect::gateway, "Failover and quorum".
+    if quorum > 1 && failover_safe(body) {
         request_quorum(client, key, body, usize::from(quorum)).await
     } else {
         Ok(client.request_with(key, body, options_for(body)).await?)

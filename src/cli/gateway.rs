@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
+use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 use nano_connect::link::Link;
 use nano_connect::rpc::{RpcClient, RpcClientConfig};
@@ -28,7 +28,7 @@ use tracing::info;
 pub struct GatewayArgs {
     /// Local address for HTTP (7076 is a Nano node's own RPC port; stop a local node or
     /// choose another port).
-    #[arg(long, default_value = "127.0.0.1:7076", value_name = "HOST:PORT")]
+    #[arg(long, default_value = DEFAULT_GATEWAY_LISTEN, value_name = "HOST:PORT")]
     listen: SocketAddr,
     /// The grape's HTTP API used for lookups.
     #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
@@ -36,8 +36,8 @@ pub struct GatewayArgs {
     /// Service key to look up.
     #[arg(long, default_value = DEFAULT_SERVICE_KEY, value_name = "KEY")]
     service: String,
-    /// Ask N distinct workers per request and answer only when a strict majority agree
-    /// byte for byte (1: no quorum).
+    /// Ask N distinct workers per read-only request and answer only when a strict
+    /// majority agree byte for byte (1: no quorum); opt-ins such as process go to one.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15))]
     quorum: u16,
     /// Milliseconds allowed for each request, lookup and failover included.

@@ -28,9 +28,11 @@
 //!
 //! Each request goes through [`crate::nano::retry::options_for`]: read-only actions may be
 //! retried on another worker within the client's attempt budget, `process` and the other
-//! opt-ins are sent once. With [`GatewayConfig::quorum`] N > 1, each request is sent to N
-//! distinct workers and answered only when a strict majority agree byte for byte
-//! ([`crate::rpc::quorum`]).
+//! opt-ins are sent once. With [`GatewayConfig::quorum`] N > 1, each read-only request is
+//! sent to N distinct workers and answered only when a strict majority agree byte for
+//! byte ([`crate::rpc::quorum`]). The opt-ins are still sent once: `process` through
+//! three nodes would publish one block three times, and the later nodes' "Old block"
+//! answers would make a published block look like a disagreement.
 //!
 //! The gateway takes its [`RpcClient`] from the caller, so that how the client reaches
 //! workers (a grape lookup, or another way) is decided outside it.
@@ -48,14 +50,11 @@ use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::frame::ErrorCode;
-use crate::nano::retry::{action_of, options_for};
+use crate::nano::retry::{action_of, failover_safe, options_for};
 use crate::rpc::quorum::{request_quorum, QuorumError};
 use crate::rpc::{Answer, CallError, RpcClient};
 
-/// Default largest request body the gateway takes, in bytes: the worker's own limit on a
-/// request frame (`DEFAULT_MAX_REQUEST_BYTES`, 64 KiB), since a larger body could not be
-/// carried anyway.
-pub const DEFAULT_MAX_BODY_BYTES: usize = crate::defaults::DEFAULT_MAX_REQUEST_BYTES;
+pub use crate::defaults::DEFAULT_GATEWAY_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES;
 
 /// How long browsers may cache a CORS preflight answer, in seconds (one day).
 const PREFLIGHT_MAX_AGE_SECS: u64 = 86_400;
@@ -137,7 +136,7 @@ impl Gateway {
         let key = &self.config.service;
         let action = action_of(body).unwrap_or_else(|| "(no action)".to_string());
         let started = Instant::now();
-        let result = if self.config.quorum > 1 {
+        let result = if self.config.quorum > 1 && failover_safe(body) {
             request_quorum(&self.client, key, body, self.config.quorum).await
         } else {
             self.client

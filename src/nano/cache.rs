@@ -29,8 +29,7 @@ use serde_json::Value;
 use crate::metrics::WorkerMetrics;
 use crate::service::{Handler, Reply, Request};
 
-/// Default most answers kept (entries, of any size).
-pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
+pub use crate::defaults::DEFAULT_CACHE_ENTRIES;
 
 /// How long an answer to `action` is kept (`None`: never cached); `answer` is the node's
 /// JSON answer, used for `block_info` and `blocks_info` (kept longer when confirmed).

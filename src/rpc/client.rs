@@ -237,6 +237,10 @@ impl RpcClient {
     /// dies. A worker's refusal ([`CallError::Refused`]) is final, except `busy`,
     /// `upstream_unreachable` and `upstream_timeout`, which try the next worker.
     /// The whole call is bounded by `request_timeout` ([`CallError::Timeout`]).
+    ///
+    /// This retries requests that may have reached a worker; for requests that must be
+    /// sent at most once (a Nano `process`), use [`RpcClient::request_with`] and
+    /// [`RequestOptions::once`].
     pub async fn request(&self, key: &str, body: &[u8]) -> Result<Answer, CallError> {
         self.request_with(key, body, RequestOptions::default())
             .await
