@@ -16,6 +16,11 @@
 //! | every other read-only action (`block_count`, `account_*`, `receivable`, ...) | 1 s | ledger state, changes with every block |
 //! | `process`, `work_generate`, `block_confirm`, anything unknown | never | not reads |
 //!
+//! With the relay's [`Policy`] given ([`Cached::with_policy`]), the key is made from the
+//! request as the policy rewrites it (`count` capped, `account_filter` removed), and a
+//! request the policy refuses (repeated keys included, which a JSON map would read as
+//! the last value) never gets a cached answer: it goes on to the relay, which refuses it.
+//!
 //! Only answers with HTTP 200 and no `"error"` field are kept; refusals and failures
 //! never are. A cached answer is logged (`answered from cache`) and counted in
 //! [`crate::metrics`].
@@ -26,6 +31,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use serde_json::Value;
 
+use super::policy::Policy;
 use crate::metrics::WorkerMetrics;
 use crate::service::{Handler, Reply, Request};
 
@@ -106,6 +112,7 @@ pub struct Cached<H> {
     inner: H,
     cache: Option<Cache<String, Entry>>,
     metrics: Option<Arc<WorkerMetrics>>,
+    policy: Option<Policy>,
 }
 
 impl<H> std::fmt::Debug for Cached<H> {
@@ -130,6 +137,26 @@ impl<H> Cached<H> {
             inner,
             cache,
             metrics,
+            policy: None,
+        }
+    }
+
+    /// Keys entries on requests as `policy` rewrites them, and never answers a request
+    /// `policy` refuses from the cache (see the module documentation).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The cache key of `request`, if it may be answered from or stored in the cache.
+    fn key_of(&self, request: &Request) -> Option<(String, String)> {
+        self.cache.as_ref()?;
+        match &self.policy {
+            Some(policy) => {
+                let checked = policy.check(&request.body).ok()?;
+                cache_key(&request.key, &checked)
+            }
+            None => cache_key(&request.key, &request.body),
         }
     }
 
@@ -141,10 +168,7 @@ impl<H> Cached<H> {
 
 impl<H: Handler> Handler for Cached<H> {
     async fn handle(&self, request: Request) -> Reply {
-        let key = self
-            .cache
-            .as_ref()
-            .and_then(|_| cache_key(&request.key, &request.body));
+        let key = self.key_of(&request);
         if let (Some(cache), Some((action, key))) = (&self.cache, &key) {
             if let Some(entry) = cache.get(key) {
                 tracing::debug!(peer = %request.peer, %action, "answered from cache");
@@ -190,6 +214,46 @@ impl<H: Handler> Handler for Cached<H> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers every request with its own body and counts the calls.
+    #[derive(Default)]
+    struct Echo(AtomicUsize);
+
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Reply {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Reply::ok(request.body)
+        }
+    }
+
+    fn request(body: &str) -> Request {
+        Request {
+            key: "nano_rpc".into(),
+            body: body.as_bytes().to_vec(),
+            peer: "192.0.2.1:1".parse().expect("address"),
+        }
+    }
+
+    #[tokio::test]
+    async fn policy_rewrites_make_one_entry_and_refused_requests_skip_the_cache() {
+        let cached = Cached::new(Echo::default(), 100, None).with_policy(Policy::read_only());
+        let a = r#"{"action":"account_history","account":"A","count":"5000"}"#;
+        let b = r#"{"action":"account_history","account":"A","count":"1000"}"#;
+        cached.handle(request(a)).await;
+        cached.handle(request(b)).await;
+        assert_eq!(
+            cached.inner().0.load(Ordering::SeqCst),
+            1,
+            "same capped request"
+        );
+        // Repeated keys: the policy refuses them, so no cached answer is served.
+        let c = r#"{"action":"account_balance","account":"B"}"#;
+        cached.handle(request(c)).await;
+        let twice = r#"{"action":"account_balance","account":"A","account":"B"}"#;
+        cached.handle(request(twice)).await;
+        assert_eq!(cached.inner().0.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn key_is_canonical_and_includes_parameters() {

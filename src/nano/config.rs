@@ -268,9 +268,11 @@ pub fn build(
         }
         None => None,
     };
+    let policy = config.relay.policy.clone();
     let node = NanoRelay::new(config.relay)?;
     let routed = WorkRouted::new(node, work);
-    let cached = Cached::new(routed, config.cache_entries, Some(metrics.clone()));
+    let cached =
+        Cached::new(routed, config.cache_entries, Some(metrics.clone())).with_policy(policy);
     Ok(Metered::new(
         RateLimited::new(cached, config.rate_limit),
         metrics,
