@@ -352,3 +352,47 @@ async fn quorum_outvotes_a_liar_and_names_the_disagreement() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no 2 of 3 workers agree"), "{stderr}");
 }
+
+/// `process` sent on the gateway's open connection to a worker that was killed: the
+/// gateway reports the failure and does not resend it to the live worker; a read that
+/// follows is failed over to the live worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_to_a_killed_worker_is_not_resent_elsewhere() {
+    let mesh = Mesh::new();
+    let flags = ["--allow", "process"];
+    let a = mesh.relay(&flags).await;
+    let b = mesh.relay(&flags).await;
+    wait_announced(&mesh.grapes.1.url, "nano_rpc", &[a.port, b.port]).await;
+    // 4 s: more than a read's 3 s attempt timeout, so that a read can still fail over.
+    let (_gateway, url) = mesh.gateway(&["--timeout", "4000"]);
+    let response = post(&url, r#"{"action":"block_count"}"#).await;
+    let first = header(&response, "x-nano-connect-worker")
+        .expect("worker")
+        .to_string();
+    let (mut dead, alive) = if first.ends_with(&format!(":{}", a.port)) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    dead.process.kill();
+    alive.stub.clear_received();
+
+    let response = post(&url, r#"{"action":"process","block":"{}"}"#).await;
+    assert_eq!(response.status(), 200);
+    let code = header(&response, "x-nano-connect-error")
+        .expect("a mesh failure")
+        .to_string();
+    assert!(code == "timeout" || code == "unreachable", "{code}");
+    assert!(
+        alive.stub.actions_received().is_empty(),
+        "process was resent to the live worker: {:?}",
+        alive.stub.actions_received()
+    );
+
+    let response = post(&url, r#"{"action":"block_count"}"#).await;
+    assert_eq!(
+        header(&response, "x-nano-connect-worker"),
+        Some(format!("127.0.0.1:{}", alive.port).as_str())
+    );
+    assert_eq!(alive.stub.actions_received(), ["block_count"]);
+}
