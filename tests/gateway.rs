@@ -269,7 +269,7 @@ async fn process_is_sent_once_and_reads_are_retried() {
 
 /// Three workers, one of whose node lies: `--quorum 3` answers what the two honest ones
 /// say (and sends `process` to one worker only); with one honest worker killed, no two
-/// agree and the error names who said what.
+/// agree and the error names who said what; a fourth worker stands in for the dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_outvotes_a_liar_and_names_the_disagreement() {
     let mesh = Mesh::new();
@@ -351,6 +351,18 @@ async fn quorum_outvotes_a_liar_and_names_the_disagreement() {
     assert_eq!(output.status.code(), Some(8), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no 2 of 3 workers agree"), "{stderr}");
+
+    // A fourth, honest worker joins: whichever three are drawn, a dead one is replaced
+    // by the spare, and the truth wins again.
+    let honest_3 = mesh.relay(&opt_in).await;
+    wait_announced(&mesh.grapes.1.url, "nano_rpc", &[honest_3.port]).await;
+    let output = mesh::run(
+        &["call", "--grape", &grape, "--quorum", "3", "block_count"],
+        "",
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), truth.trim());
 }
 
 /// `process` sent on the gateway's open connection to a worker that was killed: the

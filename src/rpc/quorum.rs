@@ -150,12 +150,14 @@ pub enum QuorumError {
 }
 
 /// Sends `body` to `n` distinct workers of `key` at once (chosen at random among those
-/// announced) and returns the answer that a strict majority of them gave identically.
+/// announced) and returns the answer that a strict majority of `n` gave identically.
 ///
-/// No retries: a worker that fails counts against the quorum, so that a caller sees
-/// when its quorum could not be met. Each worker gets the client's `attempt_timeout`
-/// (a worker killed without a goodbye costs that long, not the whole request deadline).
-/// `n` of 0 or 1 is a plain [`RpcClient::request`].
+/// A worker that fails (unreachable, or no answer within the client's
+/// `attempt_timeout`) is replaced by another announced worker not asked yet, while there
+/// are any, so that a dead worker costs one attempt timeout rather than the quorum. At
+/// most every announced worker is asked once. Failures are listed in the
+/// [`Disagreement`] when no answer wins. `n` of 0 or 1 is a plain
+/// [`RpcClient::request`].
 pub async fn request_quorum(
     client: &RpcClient,
     key: &str,
@@ -165,47 +167,56 @@ pub async fn request_quorum(
     if n <= 1 {
         return Ok(client.request(key, body).await?);
     }
-    let mut workers = client.workers(key).await?;
-    if workers.len() < n {
+    let mut spares = client.workers(key).await?;
+    if spares.len() < n {
         return Err(QuorumError::TooFewWorkers {
             key: key.to_string(),
-            found: workers.len(),
+            found: spares.len(),
             need: n,
         });
     }
-    workers.shuffle(&mut rand::rng());
-    workers.truncate(n);
-    workers.sort();
-    let results = futures::future::join_all(workers.iter().map(|&addr| async move {
-        let after = client.config().attempt_timeout;
-        let result = tokio::time::timeout(after, client.request_addr(addr, key, body))
-            .await
-            .unwrap_or(Err(CallError::Timeout { after }));
-        (addr, result)
-    }))
-    .await;
-    let votes: Vec<Vote> = results
-        .iter()
-        .map(|(addr, result)| {
-            let outcome = match result {
-                Ok(answer) => Ok((answer.status, answer.body.clone())),
-                Err(e) => Err(e.to_string()),
-            };
-            (*addr, outcome)
-        })
-        .collect();
+    spares.shuffle(&mut rand::rng());
+    let mut round: Vec<SocketAddr> = spares.split_off(spares.len() - n);
+    let mut votes: Vec<Vote> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
+    while !round.is_empty() {
+        let results = futures::future::join_all(round.iter().map(|&addr| async move {
+            let after = client.config().attempt_timeout;
+            let result = tokio::time::timeout(after, client.request_addr(addr, key, body))
+                .await
+                .unwrap_or(Err(CallError::Timeout { after }));
+            (addr, result)
+        }))
+        .await;
+        round = Vec::new();
+        for (addr, result) in results {
+            match result {
+                Ok(answer) => {
+                    votes.push((addr, Ok((answer.status, answer.body.clone()))));
+                    answers.push(answer);
+                }
+                Err(e) => {
+                    votes.push((addr, Err(e.to_string())));
+                    if let Some(spare) = spares.pop() {
+                        round.push(spare);
+                    }
+                }
+            }
+        }
+    }
+    // Answers first, in the order they were pushed, so that a vote's index among the
+    // answers is its index in `answers`.
+    votes.sort_by_key(|(_, outcome)| outcome.is_err());
     let winner = tally(n, &votes).map_err(QuorumError::Disagreement)?;
-    let (_, result) =
-        results
-            .into_iter()
-            .nth(winner)
-            .ok_or_else(|| QuorumError::TooFewWorkers {
-                key: key.to_string(),
-                found: 0,
-                need: n,
-            })?;
-    // The winner's vote is an answer by construction of `tally`.
-    result.map_err(QuorumError::Call)
+    // `tally` only elects answers, which come first in `votes`.
+    answers
+        .into_iter()
+        .nth(winner)
+        .ok_or_else(|| QuorumError::TooFewWorkers {
+            key: key.to_string(),
+            found: 0,
+            need: n,
+        })
 }
 
 #[cfg(test)]
