@@ -157,10 +157,19 @@ async fn answer_size_and_node_timeout_flags_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_is_told_when_to_retry() {
-    let s = setup(&["--rate", "1", "--burst", "2", "--cache-entries", "0"]).await;
-    s.ask(json!({"action": "block_count"})).await.expect("1st");
-    s.ask(json!({"action": "block_count"})).await.expect("2nd");
-    let error = refusal(s.ask(json!({"action": "block_count"})).await);
+    let s = setup(&["--rate", "1", "--burst", "3", "--cache-entries", "0"]).await;
+    // A burst of 3, refilled at 1/s: within a few quick requests one is refused (a
+    // slow machine may get one more token in between, hence the bounded loop).
+    let mut answered = 0;
+    let error = loop {
+        match s.ask(json!({"action": "block_count"})).await {
+            Ok(_) => answered += 1,
+            Err(CallError::Refused { error, .. }) => break error,
+            Err(e) => panic!("unexpected failure {e}"),
+        }
+        assert!(answered < 10, "never rate limited");
+    };
+    assert!(answered >= 3, "the burst is allowed: {answered}");
     assert_eq!(error.code, ErrorCode::Busy);
     let ms: u64 = error
         .message
@@ -170,7 +179,8 @@ async fn a_client_over_its_rate_is_told_when_to_retry() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no retry time in {:?}", error.message));
     assert!((1..=1000).contains(&ms), "{ms}");
-    assert_eq!(s.stub.actions_received(), ["block_count", "block_count"]);
+    // The refused request never reached the node.
+    assert_eq!(s.stub.received().len(), answered);
     // After the time it named, the client is served again.
     tokio::time::sleep(Duration::from_millis(ms + 20)).await;
     s.ask(json!({"action": "block_count"}))
