@@ -165,6 +165,70 @@ impl Default for WorkerMetrics {
     }
 }
 
+/// A gateway's metrics: requests by outcome and their latency through the mesh.
+///
+/// | metric | type | labels |
+/// |---|---|---|
+/// | `nano_connect_gateway_requests_total` | counter | `outcome` = `answered`, or the failure code (`no_worker`, `timeout`, `action_not_allowed`, `disagreement`, ...) |
+/// | `nano_connect_gateway_latency_seconds` | histogram | (every carried request) |
+#[derive(Debug, Clone)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: Histogram,
+}
+
+impl GatewayMetrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "nano_connect_gateway_requests_total",
+                "Requests carried by the gateway, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "nano_connect_gateway_latency_seconds",
+                "Time from a request's body to its answer, through the mesh",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric names");
+        Self {
+            registry,
+            requests,
+            latency,
+        }
+    }
+
+    /// The registry, for [`serve`].
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts one carried request with its `outcome` and how long it took.
+    pub fn carried(&self, outcome: &str, took: Duration) {
+        self.requests.with_label_values(&[outcome]).inc();
+        self.latency.observe(took.as_secs_f64());
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// DHT latency buckets, in seconds: loopback answers in a millisecond, a lookup on the
 /// public network takes up to its 2 s deadline, an announce up to its put timeout.
 const DHT_BUCKETS: &[f64] = &[

@@ -102,7 +102,7 @@ async fn gateway_speaks_the_node_dialect() {
     let mesh = Mesh::new();
     let relay = mesh.relay(&[]).await;
     wait_announced(&mesh.grapes.1.url, "nano_rpc", &[relay.port]).await;
-    let (_gateway, url) = mesh.gateway(&[]);
+    let (gateway, url) = mesh.gateway(&["--metrics", "127.0.0.1:0"]);
 
     // A node answer comes back as is, with the worker named.
     let response = post(&url, r#"{"action":"block_count"}"#).await;
@@ -178,6 +178,27 @@ async fn gateway_speaks_the_node_dialect() {
     assert_eq!(response.status(), 413);
     assert!(error_of(&response.text().await.expect("body")).contains("65536 bytes"));
     assert!(relay.stub.actions_received().is_empty());
+
+    // Its metrics: 3 answered (2 block_count, 1 RsNano 422), 1 refused.
+    let text = reqwest::get(format!("http://{}/metrics", gateway.field("metrics")))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("nano_connect_gateway_requests_total{outcome=\"answered\"} 3"),
+        "{text}"
+    );
+    assert!(
+        has("nano_connect_gateway_requests_total{outcome=\"action_not_allowed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has("nano_connect_gateway_latency_seconds_count 4"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

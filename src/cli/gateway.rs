@@ -9,6 +9,7 @@ use clap::Args;
 use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 use nano_connect::link::Link;
+use nano_connect::metrics::{Exposition, GatewayMetrics};
 use nano_connect::rpc::{RpcClient, RpcClientConfig};
 use tracing::info;
 
@@ -43,6 +44,9 @@ pub struct GatewayArgs {
     /// Milliseconds allowed for each request, lookup and failover included.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
+    /// Serve Prometheus metrics (requests by outcome, latency) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Largest request body taken, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     max_body: usize,
@@ -64,6 +68,25 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body,
         },
     );
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let (gateway, metrics_addr) =
+        match args.metrics {
+            Some(listen) => {
+                let metrics = Arc::new(GatewayMetrics::new());
+                let exposition = Exposition {
+                    registry: metrics.registry().clone(),
+                    before_scrape: Arc::new(|| {}),
+                };
+                let stop = stop_metrics.clone();
+                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
+                    stop.cancelled().await
+                })
+                .await
+                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
+                (gateway.with_metrics(metrics), Some(bound.to_string()))
+            }
+            None => (gateway, None),
+        };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
@@ -74,10 +97,12 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         "addr": addr.to_string(),
         "port": addr.port(),
         "key": args.service,
+        "metrics": metrics_addr,
     }));
     gateway::serve(listener, gateway, super::shutdown_signal())
         .await
         .context("gateway stopped")?;
+    stop_metrics.cancel();
     info!("shutting down");
     client.close(Duration::from_millis(200)).await;
     Ok(())

@@ -50,6 +50,7 @@ use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::frame::ErrorCode;
+use crate::metrics::GatewayMetrics;
 use crate::nano::retry::{action_of, failover_safe, options_for};
 use crate::rpc::quorum::{request_quorum, QuorumError};
 use crate::rpc::{Answer, CallError, RpcClient};
@@ -115,6 +116,7 @@ pub enum GatewayReply {
 pub struct Gateway {
     client: Arc<RpcClient>,
     config: Arc<GatewayConfig>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl Gateway {
@@ -123,7 +125,14 @@ impl Gateway {
         Self {
             client,
             config: Arc::new(config),
+            metrics: None,
         }
+    }
+
+    /// Counts every carried request in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The gateway's settings.
@@ -157,6 +166,13 @@ impl Gateway {
             },
             Err(e) => failure(&action, e),
         };
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &reply {
+                GatewayReply::Node { .. } => "answered",
+                GatewayReply::Failure { code, .. } => code,
+            };
+            metrics.carried(outcome, started.elapsed());
+        }
         match &reply {
             GatewayReply::Node { status, worker, .. } => tracing::debug!(
                 %action, %worker, status, ms = started.elapsed().as_secs_f64() * 1e3, "carried"
