@@ -76,3 +76,20 @@ pub const DEFAULT_UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// ALPN protocol id of the nano-connect RPC protocol, version 1 (RFC 7301).
 pub const ALPN: &[u8] = b"nano-connect/1";
+
+/// Where `nano-connect gateway` listens: the Nano node's own RPC port on loopback, so
+/// that wallet software configured for a local node works unchanged.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:7076";
+
+/// Largest request body the gateway takes, in bytes: the worker's limit on a request
+/// frame ([`DEFAULT_MAX_REQUEST_BYTES`]), since a larger body could not be carried anyway.
+pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: usize = DEFAULT_MAX_REQUEST_BYTES;
+
+/// Answers a worker's response cache keeps at most. Read-only answers are mostly under a
+/// few KB, so 10 000 entries stay in the tens of MB even for history pages.
+pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
+
+/// Time between a worker's health probes of its node. A worker whose node died vanishes
+/// from lookups after two failed probes (60 s) plus the rest of the grapes' announce
+/// window (up to 256 s), which dominates; probing more often would only load the node.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);

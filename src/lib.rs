@@ -17,7 +17,11 @@
 //! - [`link`]: the Grenache link: announce and lookup through a grape's HTTP API.
 //! - [`transport`]: the UDP socket and the QUIC endpoint settings.
 //! - [`rpc`]: the RPC server (worker side) and client (caller side) over QUIC.
+//! - [`gateway`]: the Nano node RPC dialect on a local HTTP port, carried by the mesh.
 //! - [`nano`]: the Nano RPC relay: allowlist policy (pure) and the HTTP forwarder.
+//! - [`health`]: a worker announces only while its node answers.
+//! - [`limits`]: per-client rate limiting of a worker's handler.
+//! - [`metrics`]: Prometheus metrics of a worker and the `/metrics` endpoint.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
@@ -26,7 +30,11 @@
 pub mod defaults;
 pub mod fibonacci;
 pub mod frame;
+pub mod gateway;
+pub mod health;
+pub mod limits;
 pub mod link;
+pub mod metrics;
 pub mod nano;
 pub mod rpc;
 pub mod service;

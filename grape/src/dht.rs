@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::{Ipv4Addr, SocketAddrV4, ToSocketAddrs};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +55,16 @@ pub struct GrapeDht {
     lookup_settle: Duration,
     announce_locks: Mutex<HashMap<Infohash, Weak<tokio::sync::Mutex<()>>>>,
     known_keys: Mutex<KnownKeys>,
+    observer: OnceLock<Arc<dyn DhtObserver>>,
+}
+
+/// Told of every announce and lookup a [`GrapeDht`] makes, for metrics
+/// ([`GrapeDht::set_observer`]). Called on the task that made the call; keep it cheap.
+pub trait DhtObserver: std::fmt::Debug + Send + Sync + 'static {
+    /// An announce ended, stored (`ok`) or not, after `took`.
+    fn announced(&self, ok: bool, took: Duration);
+    /// A lookup ended with `found` peers after `took`.
+    fn looked_up(&self, found: usize, took: Duration);
 }
 
 /// What names a BEP 44 mutable item besides its target: the public key and the salt.
@@ -186,7 +196,14 @@ impl GrapeDht {
             lookup_settle: config.lookup_settle,
             announce_locks: Mutex::new(HashMap::new()),
             known_keys: Mutex::new(KnownKeys::default()),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Sets the observer told of announces and lookups; only the first call takes
+    /// effect (returns `false` after that).
+    pub fn set_observer(&self, observer: Arc<dyn DhtObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The UDP address the DHT node is bound to (`0.0.0.0:PORT` when bound to all
@@ -248,14 +265,18 @@ impl GrapeDht {
             self.dht.announce_peer(target, Some(port)),
         )
         .await;
-        match result {
+        let outcome = match result {
             Ok(Ok(_)) => {
                 tracing::debug!(key, port, %target, elapsed = ?started.elapsed(), "announced");
                 Ok(1)
             }
             Ok(Err(e)) => Err(GrapeError::from_put(target, e)),
             Err(_) => Err(GrapeError::Timeout { target }),
+        };
+        if let Some(observer) = self.observer.get() {
+            observer.announced(outcome.is_ok(), started.elapsed());
         }
+        outcome
     }
 
     fn announce_lock(&self, infohash: Infohash) -> Arc<tokio::sync::Mutex<()>> {
@@ -317,6 +338,9 @@ impl GrapeDht {
         )
         .await;
         tracing::debug!(key, found = peers.len(), elapsed = ?started.elapsed(), "lookup");
+        if let Some(observer) = self.observer.get() {
+            observer.looked_up(peers.len(), started.elapsed());
+        }
         Ok(peers.into_iter().collect())
     }
 

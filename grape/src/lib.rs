@@ -68,7 +68,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use dht::GrapeDht;
+pub use dht::{DhtObserver, GrapeDht};
 pub use error::{GrapeError, ItemProblem};
 pub use infohash::{infohash, Infohash, SlotSchedule, SLOTS_PER_WINDOW};
 

@@ -7,6 +7,8 @@ use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::frame::ErrorCode;
 use nano_connect::link::Link;
+use nano_connect::nano::retry::{failover_safe, options_for};
+use nano_connect::rpc::quorum::{request_quorum, QuorumError};
 use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
 use serde_json::{Map, Value};
 
@@ -27,7 +29,11 @@ use super::exit;
 /// Exit codes: 0 answer printed; 1 other failure; 2 bad command line; 3 the worker
 /// refused (action not allowed, invalid request); 4 the node answered an error
 /// ({"error": ...} or an HTTP error such as RsNano's 422; its answer is still printed);
-/// 5 no worker announces the key; 6 timeout; 7 the grape or every worker unreachable.
+/// 5 no worker announces the key; 6 timeout; 7 the grape or every worker unreachable;
+/// 8 --quorum not met (the workers disagree, or too few announce the key).
+///
+/// Read-only actions are retried on another worker when one fails; process,
+/// work_generate and block_confirm are sent to one worker only.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CallArgs {
@@ -43,6 +49,11 @@ pub struct CallArgs {
     /// Milliseconds allowed for each request, lookup and failover included.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
+    /// Ask N distinct workers and print the answer only when a strict majority of them
+    /// agree byte for byte (1: no quorum). Defends against a lying worker. Read-only
+    /// actions only: process, work_generate and block_confirm still go to one worker.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15))]
+    quorum: u16,
     /// The Nano RPC action, for example block_count.
     action: Option<String>,
     /// Request fields as NAME=VALUE.
@@ -100,15 +111,31 @@ pub async fn run(args: CallArgs, verbose: u8) -> u8 {
         }
     };
     let code = match body {
-        Some(body) => one(&client, &args.service, &body, verbose).await,
-        None => session(&client, &args.service, verbose).await,
+        Some(body) => one(&client, &args.service, &body, args.quorum, verbose).await,
+        None => session(&client, &args.service, args.quorum, verbose).await,
     };
     client.close(Duration::from_millis(200)).await;
     code
 }
 
-async fn one(client: &RpcClient, key: &str, body: &[u8], verbose: u8) -> u8 {
-    match client.request(key, body).await {
+/// One request: with failover for read-only actions, or to `quorum` workers.
+async fn send(
+    client: &RpcClient,
+    key: &str,
+    body: &[u8],
+    quorum: u16,
+) -> Result<Answer, QuorumError> {
+    // The opt-ins (process, ...) go to one worker even with a quorum: see
+    // nano_connect::gateway, "Failover and quorum".
+    if quorum > 1 && failover_safe(body) {
+        request_quorum(client, key, body, usize::from(quorum)).await
+    } else {
+        Ok(client.request_with(key, body, options_for(body)).await?)
+    }
+}
+
+async fn one(client: &RpcClient, key: &str, body: &[u8], quorum: u16, verbose: u8) -> u8 {
+    match send(client, key, body, quorum).await {
         Ok(answer) => {
             if verbose > 0 {
                 describe_path(&answer);
@@ -136,7 +163,7 @@ async fn one(client: &RpcClient, key: &str, body: &[u8], verbose: u8) -> u8 {
 
 /// Reads one JSON request per line from stdin and prints one answer line for each.
 /// Returns the exit code of the last failure, or 0.
-async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
+async fn session(client: &RpcClient, key: &str, quorum: u16, verbose: u8) -> u8 {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("nano-connect: one JSON request per line, e.g. {{\"action\":\"block_count\"}}; Ctrl-D ends");
@@ -166,21 +193,23 @@ async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
             continue;
         }
         let output = match serde_json::from_str::<Value>(line) {
-            Ok(value) if value.is_object() => match client.request(key, line.as_bytes()).await {
-                Ok(answer) => {
-                    if verbose > 0 {
-                        describe_path(&answer);
+            Ok(value) if value.is_object() => {
+                match send(client, key, line.as_bytes(), quorum).await {
+                    Ok(answer) => {
+                        if verbose > 0 {
+                            describe_path(&answer);
+                        }
+                        if node_error(&answer).is_some() {
+                            code = exit::NODE_ERROR;
+                        }
+                        one_line(&answer)
                     }
-                    if node_error(&answer).is_some() {
-                        code = exit::NODE_ERROR;
+                    Err(e) => {
+                        code = exit_code(&e);
+                        error_line(&e.to_string(), error_name(&e))
                     }
-                    one_line(&answer)
                 }
-                Err(e) => {
-                    code = exit_code(&e);
-                    error_line(&e.to_string(), error_name(&e))
-                }
-            },
+            }
             _ => {
                 code = exit::USAGE;
                 error_line("not a JSON object", "invalid_request")
@@ -237,7 +266,11 @@ fn describe_path(answer: &Answer) {
     );
 }
 
-fn exit_code(e: &CallError) -> u8 {
+fn exit_code(e: &QuorumError) -> u8 {
+    let e = match e {
+        QuorumError::Call(e) => e,
+        _ => return exit::NO_QUORUM,
+    };
     match e {
         CallError::Refused { error, .. } => match error.code {
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTimeout => exit::UNREACHABLE,
@@ -250,7 +283,12 @@ fn exit_code(e: &CallError) -> u8 {
     }
 }
 
-fn error_name(e: &CallError) -> &'static str {
+fn error_name(e: &QuorumError) -> &'static str {
+    let e = match e {
+        QuorumError::Call(e) => e,
+        QuorumError::Disagreement(_) => return "disagreement",
+        _ => return "no_quorum",
+    };
     match e {
         CallError::Refused { error, .. } => error.code.as_str(),
         CallError::NoWorkers { .. } => "no_worker",

@@ -43,6 +43,10 @@ pub struct GrapeArgs {
     /// routing-table reset when mainline learns it, BEP 42).
     #[arg(long, value_name = "IPV4")]
     public_ip: Option<Ipv4Addr>,
+    /// Serve Prometheus metrics (DHT announces, lookups and their latency) at
+    /// http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
@@ -74,12 +78,35 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the grape")?;
     info!(dht = %grape.dht_addr(), api = %grape.api_addr(), "grape serving");
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let metrics_addr =
+        match args.metrics {
+            Some(listen) => {
+                let metrics = std::sync::Arc::new(nano_connect::metrics::GrapeMetrics::new());
+                grape.dht().set_observer(metrics.clone());
+                let exposition = nano_connect::metrics::Exposition {
+                    registry: metrics.registry().clone(),
+                    before_scrape: std::sync::Arc::new(|| {}),
+                };
+                let stop = stop_metrics.clone();
+                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
+                    stop.cancelled().await
+                })
+                .await
+                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
+                info!(addr = %bound, "metrics at /metrics");
+                Some(bound.to_string())
+            }
+            None => None,
+        };
     super::emit(serde_json::json!({
         "event": "listening",
         "dht": grape.dht_addr().to_string(),
         "api": grape.api_addr().to_string(),
+        "metrics": metrics_addr,
     }));
     super::shutdown_signal().await;
+    stop_metrics.cancel();
     info!("shutting down");
     grape.shutdown().await;
     Ok(())

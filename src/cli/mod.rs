@@ -3,6 +3,7 @@
 
 mod call;
 mod demo;
+mod gateway;
 mod grape;
 mod worker;
 
@@ -28,6 +29,8 @@ pub mod exit {
     pub const TIMEOUT: u8 = 6;
     /// The grape or every worker found was unreachable.
     pub const UNREACHABLE: u8 = 7;
+    /// `--quorum`: the workers asked did not agree (or too few announce the key).
+    pub const NO_QUORUM: u8 = 8;
 }
 
 /// nano-connect: Nano node RPC over a Grenache-style mesh of grapes and workers.
@@ -53,6 +56,7 @@ enum Command {
     Worker(worker::WorkerArgs),
     Call(call::CallArgs),
     Demo(demo::DemoArgs),
+    Gateway(gateway::GatewayArgs),
 }
 
 impl Cli {
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Worker(args) => worker::run(args).await,
         Command::Call(args) => return call::run(args, cli.verbose).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
     };
     match result {
         Ok(()) => exit::OK,

@@ -1,16 +1,19 @@
 //! `nano-connect worker`: serve a key next to a Nano node.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nano_connect::defaults::{
-    DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY,
-};
+use nano_connect::defaults::{DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::fibonacci::FibonacciService;
+use nano_connect::health::{self, Announce, DEFAULT_HEALTH_INTERVAL};
 use nano_connect::link::Link;
-use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
+use nano_connect::metrics::{Exposition, WorkerMetrics};
+use nano_connect::nano::config::{self as nano_config, NanoService, NanoServiceConfig, WorkerFile};
+use nano_connect::nano::NanoRelay;
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
 use nano_connect::service::{Handler, Reply, Request};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +26,10 @@ use tracing::{info, warn};
 /// `--allow` opts in to process (never with force), work_generate and block_confirm.
 /// Requests are posted to the node's `/` with no client headers. Prints one JSON line
 /// `{"event":"listening",...}` on stdout once it serves. Ctrl-C stops it.
+///
+/// Settings come from flags, then `--config FILE` (TOML; examples/worker.toml shows every
+/// field), then the defaults. The worker announces only while its node answers its
+/// health probe (`version`), and answers repeated reads from a cache (TTL per action).
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Service key to announce (its infohash is SHA-1 of the key, see docs/protocol.md).
@@ -31,9 +38,13 @@ pub struct WorkerArgs {
     /// The grape's HTTP API, used to announce.
     #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
     grape: String,
-    /// The Nano node's RPC (only scheme, host and port are used; requests go to `/`).
-    #[arg(long, default_value = DEFAULT_NANO_RPC_URL, value_name = "URL")]
-    nano_rpc: String,
+    /// The Nano node's RPC (only scheme, host and port are used; requests go to `/`)
+    /// [default: [node] url, else http://127.0.0.1:7076].
+    #[arg(long, value_name = "URL")]
+    nano_rpc: Option<String>,
+    /// Worker settings file (TOML, see examples/worker.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// UDP port for QUIC (0 = any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -48,9 +59,44 @@ pub struct WorkerArgs {
     /// block_confirm); repeat for several.
     #[arg(long = "allow", value_name = "ACTION")]
     allow: Vec<String>,
-    /// Milliseconds to wait for the node's answer.
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
-    node_timeout: u64,
+    /// Milliseconds to wait for the node's answer [default: 10000].
+    #[arg(long, value_name = "MS")]
+    node_timeout: Option<u64>,
+    /// Send work_generate to this work server (and allow it) instead of the node.
+    #[arg(long, value_name = "URL")]
+    work_server: Option<String>,
+    /// Cap on a request's "count" [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_count: Option<u64>,
+    /// Cap on the length of a request's arrays (accounts, hashes) [default: 500].
+    #[arg(long, value_name = "N")]
+    max_array_len: Option<usize>,
+    /// Largest request frame, bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Largest answer taken from the node, bytes [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    max_answer_bytes: Option<usize>,
+    /// Requests per second per client IP; over it a client gets "busy ... retry after N
+    /// ms" [default: no limit].
+    #[arg(long, value_name = "N")]
+    rate: Option<u32>,
+    /// Requests a client may make at once [default: twice --rate].
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    /// Requests in flight per QUIC connection (streams) [default: 256].
+    #[arg(long, value_name = "N")]
+    max_streams: Option<u32>,
+    /// Answers kept by the response cache; 0 turns it off [default: 10000].
+    #[arg(long, value_name = "N")]
+    cache_entries: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Seconds between health probes of the node; the worker stops announcing after two
+    /// failed probes in a row and starts again after one good one.
+    #[arg(long, default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64(), value_name = "SECS")]
+    health_interval: f64,
     /// What to serve: the Nano RPC relay, or the Grenache tutorial's fibonacci service
     /// (for trying the mesh without a node).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
@@ -65,8 +111,10 @@ enum ServiceKind {
 
 /// The handler a worker runs, chosen on the command line.
 pub enum WorkerService {
-    /// The Nano RPC relay.
+    /// The bare Nano RPC relay (the demo's).
     Nano(NanoRelay),
+    /// The Nano RPC relay with its cache, rate limit and metrics (the worker's).
+    NanoStack(Box<NanoService>),
     /// The fibonacci service.
     Fibonacci(FibonacciService),
 }
@@ -75,6 +123,7 @@ impl Handler for WorkerService {
     async fn handle(&self, request: Request) -> Reply {
         match self {
             Self::Nano(relay) => relay.handle(request).await,
+            Self::NanoStack(service) => service.handle(request).await,
             Self::Fibonacci(service) => service.handle(request).await,
         }
     }
@@ -85,63 +134,118 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|d| !d.is_zero())
         .context("--announce-interval must be a positive number of seconds")?;
+    let health_interval = Duration::try_from_secs_f64(args.health_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--health-interval must be a positive number of seconds")?;
+    let file = match &args.config {
+        Some(path) => WorkerFile::load(path)?,
+        None => WorkerFile::default(),
+    };
+    let metrics = Arc::new(WorkerMetrics::new());
+    let mut first_probe_ok = true;
+    let mut relay = None;
     let service = match args.service {
         ServiceKind::NanoRpc => {
-            let mut policy = Policy::read_only();
-            for action in &args.allow {
-                policy
-                    .allow(action)
-                    .with_context(|| format!("--allow {action}"))?;
-            }
-            let relay = NanoRelay::new(NanoRelayConfig {
-                node_url: args.nano_rpc.clone(),
-                policy,
-                timeout: Duration::from_millis(args.node_timeout),
-                ..NanoRelayConfig::default()
-            })
-            .context("--nano-rpc")?;
-            match relay.probe().await {
+            let config = nano_settings(&args, &file)?;
+            let node_url = config.relay.node_url.clone();
+            let service = nano_config::build(config, metrics.clone())
+                .context("--nano-rpc / --work-server")?;
+            match service.node().probe().await {
                 Ok(version) => info!(
-                    node = %args.nano_rpc,
+                    node = %node_url,
                     vendor = version.node_vendor.as_deref().unwrap_or("?"),
                     network = version.network.as_deref().unwrap_or("?"),
                     "Nano node answers"
                 ),
-                Err(e) => warn!(
-                    node = %args.nano_rpc,
-                    error = %e,
-                    "Nano node does not answer yet; requests will fail until it does"
-                ),
+                Err(e) => {
+                    first_probe_ok = false;
+                    warn!(
+                        node = %node_url,
+                        error = %e,
+                        "Nano node does not answer yet; requests fail until it does, and the worker is withdrawn from lookups if it stays down"
+                    )
+                }
             }
-            WorkerService::Nano(relay)
+            relay = Some(service.node().clone());
+            WorkerService::NanoStack(Box::new(service))
         }
         ServiceKind::Fibonacci => WorkerService::Fibonacci(FibonacciService),
     };
-    let config = RpcServerConfig {
+    let mut config = RpcServerConfig {
         keys: vec![args.announce.clone()],
         ..RpcServerConfig::default()
     };
+    if let Some(bytes) = args.max_request_bytes.or(file.limits.max_request_bytes) {
+        config.max_request_bytes = bytes;
+    }
+    if let Some(streams) = args.max_streams.or(file.limits.max_concurrent_streams) {
+        anyhow::ensure!(streams > 0, "--max-streams must be at least 1");
+        config.quic.max_concurrent_streams = streams;
+    }
     let server = RpcServer::bind(SocketAddr::new(args.bind, args.port), config, service)
         .await
         .context("cannot start the worker")?;
     let addr = server.local_addr();
     info!(%addr, key = %args.announce, grape = %args.grape, "worker serving");
+    let cancel = CancellationToken::new();
+    let metrics_addr =
+        match args.metrics.or(file.metrics.listen) {
+            Some(listen) => {
+                let endpoint = server.endpoint().clone();
+                let gauges = metrics.clone();
+                let exposition = Exposition {
+                    registry: metrics.registry().clone(),
+                    before_scrape: Arc::new(move || {
+                        gauges.set_open_connections(endpoint.open_connections())
+                    }),
+                };
+                let stop = cancel.clone();
+                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
+                    stop.cancelled().await
+                })
+                .await
+                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
+                info!(addr = %bound, "metrics at /metrics");
+                Some(bound.to_string())
+            }
+            None => None,
+        };
     super::emit(serde_json::json!({
         "event": "listening",
         "addr": addr.to_string(),
         "port": addr.port(),
         "key": args.announce,
+        "metrics": metrics_addr,
     }));
 
-    let cancel = CancellationToken::new();
     let link = Link::new(&args.grape);
-    let announcer = link.spawn_announcer(
-        args.announce.clone(),
-        addr.port(),
+    let announce = Announce {
+        link: link.clone(),
+        key: args.announce.clone(),
+        port: addr.port(),
         interval,
-        cancel.clone(),
-        |_| {},
-    );
+    };
+    let announcer = match relay {
+        Some(relay) => tokio::spawn(health::run(
+            relay,
+            announce,
+            health_interval,
+            first_probe_ok,
+            {
+                let metrics = metrics.clone();
+                move || metrics.node_answers()
+            },
+            cancel.clone(),
+        )),
+        None => link.spawn_announcer(
+            args.announce.clone(),
+            addr.port(),
+            interval,
+            cancel.clone(),
+            |_| {},
+        ),
+    };
 
     super::shutdown_signal().await;
     info!("shutting down");
@@ -149,4 +253,47 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let _ = announcer.await;
     server.shutdown(Duration::from_secs(1)).await;
     Ok(())
+}
+
+/// The Nano service settings: flags over the file over the defaults.
+fn nano_settings(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Result<NanoServiceConfig> {
+    let mut config = NanoServiceConfig::from_file(file)?;
+    let relay = &mut config.relay;
+    if let Some(url) = &args.nano_rpc {
+        relay.node_url = url.clone();
+    }
+    if let Some(ms) = args.node_timeout {
+        relay.timeout = Duration::from_millis(ms);
+    }
+    if let Some(bytes) = args.max_answer_bytes {
+        relay.max_answer_bytes = bytes;
+    }
+    for action in &args.allow {
+        relay
+            .policy
+            .allow(action)
+            .with_context(|| format!("--allow {action}"))?;
+    }
+    if let Some(count) = args.max_count {
+        relay.policy.set_max_count(count);
+    }
+    if let Some(len) = args.max_array_len {
+        relay.policy.set_max_array_len(len);
+    }
+    if args.work_server.is_some() {
+        config.work_server = args.work_server.clone();
+    }
+    if args.rate.is_some() || args.burst.is_some() {
+        let rate = args.rate.or(file.limits.rate_per_second);
+        let burst = args.burst.or(file.limits.burst);
+        anyhow::ensure!(
+            rate.is_some(),
+            "--burst needs --rate (or rate_per_second in the file)"
+        );
+        config.rate_limit = nano_config::rate_limit(rate, burst)?;
+    }
+    if let Some(entries) = args.cache_entries {
+        config.cache_entries = entries;
+    }
+    Ok(config)
 }

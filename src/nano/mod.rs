@@ -38,10 +38,18 @@
 //! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O).
 //! - [`relay`]: [`NanoRelay`], the [`Handler`](crate::service::Handler) that posts to the
 //!   node.
+//! - [`cache`]: [`cache::Cached`], the response cache keyed on action and parameters.
+//! - [`config`]: the worker's TOML configuration file.
+//! - [`work`]: [`work::WorkRouted`], `work_generate` to a separate work server.
+//! - [`retry`]: which requests a caller may retry on another worker (read-only ones).
 
 pub mod actions;
+pub mod cache;
+pub mod config;
 pub mod policy;
 pub mod relay;
+pub mod retry;
+pub mod work;
 
 pub use policy::{AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT};
 pub use relay::{

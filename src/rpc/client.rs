@@ -71,6 +71,37 @@ impl Default for RpcClientConfig {
     }
 }
 
+/// How one request may be carried, beyond the client's [`RpcClientConfig`].
+///
+/// The default is what [`RpcClient::request`] does: failover on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Whether the request may be sent again to another worker once it has been sent to
+    /// one that then failed (its connection died, it gave no answer within
+    /// `attempt_timeout`, or it refused with `busy`, `upstream_unreachable` or
+    /// `upstream_timeout`). Safe only for requests that change nothing, such as the Nano
+    /// read-only actions; a Nano `process` must be sent at most once by one caller, so
+    /// callers turn this off for it (see `nano::retry`).
+    ///
+    /// With `false`, workers that could not be reached at all (no handshake) are still
+    /// skipped, since nothing was sent to them; once the request is on a stream, its
+    /// outcome is final and the worker has the whole `request_timeout` to answer.
+    pub failover: bool,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        Self { failover: true }
+    }
+}
+
+impl RequestOptions {
+    /// Failover off: the request is sent to at most one worker.
+    pub fn once() -> Self {
+        Self { failover: false }
+    }
+}
+
 /// A service's answer and where and how it came.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -206,14 +237,46 @@ impl RpcClient {
     /// dies. A worker's refusal ([`CallError::Refused`]) is final, except `busy`,
     /// `upstream_unreachable` and `upstream_timeout`, which try the next worker.
     /// The whole call is bounded by `request_timeout` ([`CallError::Timeout`]).
+    ///
+    /// This retries requests that may have reached a worker; for requests that must be
+    /// sent at most once (a Nano `process`), use [`RpcClient::request_with`] and
+    /// [`RequestOptions::once`].
     pub async fn request(&self, key: &str, body: &[u8]) -> Result<Answer, CallError> {
+        self.request_with(key, body, RequestOptions::default())
+            .await
+    }
+
+    /// [`RpcClient::request`] with `options`; with `failover` off, the request is put on
+    /// a stream to one worker only (see [`RequestOptions::failover`]).
+    pub async fn request_with(
+        &self,
+        key: &str,
+        body: &[u8],
+        options: RequestOptions,
+    ) -> Result<Answer, CallError> {
         let after = self.config.request_timeout;
-        tokio::time::timeout(after, self.request_inner(key, body))
+        tokio::time::timeout(after, self.request_inner(key, body, options))
             .await
             .unwrap_or(Err(CallError::Timeout { after }))
     }
 
-    async fn request_inner(&self, key: &str, body: &[u8]) -> Result<Answer, CallError> {
+    /// The workers that announce `key`, from the grape (or the lookup cache).
+    ///
+    /// Errors with [`CallError::NoLink`] on a client without a grape and
+    /// [`CallError::Lookup`] when the grape cannot be asked; an empty list is not an error.
+    pub async fn workers(&self, key: &str) -> Result<Vec<SocketAddr>, CallError> {
+        let link = self.link.as_ref().ok_or_else(|| CallError::NoLink {
+            key: key.to_string(),
+        })?;
+        Ok(link.lookup(key).await?)
+    }
+
+    async fn request_inner(
+        &self,
+        key: &str,
+        body: &[u8],
+        options: RequestOptions,
+    ) -> Result<Answer, CallError> {
         let link = self.link.as_ref().ok_or_else(|| CallError::NoLink {
             key: key.to_string(),
         })?;
@@ -246,15 +309,22 @@ impl RpcClient {
                     continue;
                 }
             };
+            // Without failover, this worker is the only one: it gets the whole deadline
+            // (the outer timeout of `request_with` ends it).
+            let attempt_timeout = if options.failover {
+                self.config.attempt_timeout
+            } else {
+                self.config.request_timeout
+            };
             let attempt = tokio::time::timeout(
-                self.config.attempt_timeout,
+                attempt_timeout,
                 self.exchange(&connection, worker, key, body),
             )
             .await
             .unwrap_or_else(|_| {
                 Err(Attempt::Failover(format!(
                     "no answer within {} ms",
-                    self.config.attempt_timeout.as_millis()
+                    attempt_timeout.as_millis()
                 )))
             });
             match attempt {
@@ -273,14 +343,18 @@ impl RpcClient {
                     self.mark_dead(worker);
                     link.invalidate(key);
                     tried.push((worker, reason));
+                    if !options.failover {
+                        break;
+                    }
                 }
                 Err(Attempt::Fatal(CallError::Refused { worker, error }))
-                    if matches!(
-                        error.code,
-                        ErrorCode::Busy
-                            | ErrorCode::UpstreamUnreachable
-                            | ErrorCode::UpstreamTimeout
-                    ) =>
+                    if options.failover
+                        && matches!(
+                            error.code,
+                            ErrorCode::Busy
+                                | ErrorCode::UpstreamUnreachable
+                                | ErrorCode::UpstreamTimeout
+                        ) =>
                 {
                     tried.push((worker, error.message.clone()));
                     last_refusal = Some(CallError::Refused { worker, error });

@@ -6,11 +6,13 @@
 //!   [`Handler`](crate::service::Handler).
 //! - [`RpcClient`]: the caller side; looks workers up through a grape, keeps one
 //!   connection per worker, fails over to the next worker when one is dead.
+//! - [`quorum`]: ask N workers and believe only a majority's identical answer.
 
 mod client;
+pub mod quorum;
 mod server;
 
-pub use client::{Answer, CallError, RpcClient, RpcClientConfig};
+pub use client::{Answer, CallError, RequestOptions, RpcClient, RpcClientConfig};
 pub use server::{RpcServer, RpcServerConfig, ServerError};
 
 /// QUIC application error code a side closes with on a normal shutdown.

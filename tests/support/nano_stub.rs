@@ -155,6 +155,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl NanoStub {
     /// Starts a stub imitating `mode` on `127.0.0.1:0`, with the fixtures loaded.
     pub async fn start(mode: Mode) -> NanoStub {
+        Self::start_at(mode, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a stub imitating `mode` on `addr` (for a node that comes back on the port
+    /// it had).
+    pub async fn start_at(mode: Mode, addr: SocketAddr) -> NanoStub {
         let shared = Arc::new(Shared {
             mode,
             fixtures: fixtures(),
@@ -162,7 +168,7 @@ impl NanoStub {
             delay: Mutex::new(Duration::ZERO),
             canned: Mutex::new(None),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the stub node's port");
         let addr = listener.local_addr().expect("stub node's address");

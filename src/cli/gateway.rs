@@ -1,0 +1,109 @@
+//! `nano-connect gateway`: a Nano node's RPC on a local HTTP port, carried by the mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
+use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
+use nano_connect::link::Link;
+use nano_connect::metrics::{Exposition, GatewayMetrics};
+use nano_connect::rpc::{RpcClient, RpcClientConfig};
+use tracing::info;
+
+/// Serve the Nano node RPC on a local HTTP port and carry every request through the mesh.
+///
+/// Point wallet software or a Nano client library at http://LISTEN/ as if it were a
+/// node: POST a JSON body such as {"action":"block_count"} and get the node's answer as
+/// is. Failures of the mesh (no worker, a refusal, a timeout) come back as nano-node
+/// reports its own errors: HTTP 200 {"error": "nano-connect: ..."}. Browser pages may
+/// call it (CORS, any origin). Read-only actions are retried on another worker when one
+/// fails; process, work_generate and block_confirm are sent once.
+///
+/// Prints one JSON line {"event":"listening","addr":...,"port":...} on stdout once it
+/// serves. Ctrl-C stops it.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct GatewayArgs {
+    /// Local address for HTTP (7076 is a Nano node's own RPC port; stop a local node or
+    /// choose another port).
+    #[arg(long, default_value = DEFAULT_GATEWAY_LISTEN, value_name = "HOST:PORT")]
+    listen: SocketAddr,
+    /// The grape's HTTP API used for lookups.
+    #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
+    grape: String,
+    /// Service key to look up.
+    #[arg(long, default_value = DEFAULT_SERVICE_KEY, value_name = "KEY")]
+    service: String,
+    /// Ask N distinct workers per read-only request and answer only when a strict
+    /// majority agree byte for byte (1: no quorum); opt-ins such as process go to one.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15))]
+    quorum: u16,
+    /// Milliseconds allowed for each request, lookup and failover included.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    timeout: u64,
+    /// Serve Prometheus metrics (requests by outcome, latency) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Largest request body taken, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
+    max_body: usize,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = RpcClientConfig {
+        request_timeout: Duration::from_millis(args.timeout),
+        ..RpcClientConfig::default()
+    };
+    let client = Arc::new(
+        RpcClient::new(Some(Link::new(&args.grape)), config).context("cannot start the client")?,
+    );
+    let gateway = Gateway::new(
+        client.clone(),
+        GatewayConfig {
+            service: args.service.clone(),
+            quorum: usize::from(args.quorum),
+            max_body_bytes: args.max_body,
+        },
+    );
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let (gateway, metrics_addr) =
+        match args.metrics {
+            Some(listen) => {
+                let metrics = Arc::new(GatewayMetrics::new());
+                let exposition = Exposition {
+                    registry: metrics.registry().clone(),
+                    before_scrape: Arc::new(|| {}),
+                };
+                let stop = stop_metrics.clone();
+                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
+                    stop.cancelled().await
+                })
+                .await
+                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
+                (gateway.with_metrics(metrics), Some(bound.to_string()))
+            }
+            None => (gateway, None),
+        };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let addr = listener.local_addr().context("local address")?;
+    info!(%addr, grape = %args.grape, key = %args.service, quorum = args.quorum, "gateway serving");
+    super::emit(serde_json::json!({
+        "event": "listening",
+        "addr": addr.to_string(),
+        "port": addr.port(),
+        "key": args.service,
+        "metrics": metrics_addr,
+    }));
+    gateway::serve(listener, gateway, super::shutdown_signal())
+        .await
+        .context("gateway stopped")?;
+    stop_metrics.cancel();
+    info!("shutting down");
+    client.close(Duration::from_millis(200)).await;
+    Ok(())
+}

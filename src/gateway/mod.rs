@@ -1,0 +1,317 @@
+//! The gateway: a Nano node's own RPC dialect on a local HTTP port, carried through the
+//! mesh, so that wallet software written for a node works unchanged.
+//!
+//! ```text
+//!  wallet / browser ── POST / {"action":...} ──▶ Gateway ── RpcClient (QUIC) ──▶ worker ──▶ node
+//!                  ◀── node's status and body ──┘  (failover for read-only actions,
+//!                                                    or --quorum N identical answers)
+//! ```
+//!
+//! # What a caller sees
+//!
+//! - **The node's answer, as is.** The status and body a worker's node gave (nano-node's
+//!   errors are HTTP 200 `{"error": "..."}`; RsNano refuses malformed requests with HTTP
+//!   422 and plain text). `content-type` is `application/json` when the body parses as
+//!   JSON, `text/plain` otherwise, and `x-nano-connect-worker` names the worker.
+//! - **Mesh failures in the node's dialect.** No worker, a refusal, a timeout, a quorum
+//!   not met: HTTP 200 `{"error": "..."}`, as nano-node reports its own errors, with a
+//!   message that starts with `nano-connect:` and says which action and why (for
+//!   example `nano-connect: worker 127.0.0.1:4000 refused "wallet_create":
+//!   action_not_allowed: ...`), and an `x-nano-connect-error` header with the code.
+//! - **Any path, POST only.** Nano clients post to whatever URL they were given; every
+//!   path is served the same. `OPTIONS` answers CORS preflights (any origin), so that a
+//!   browser page can call the gateway; other methods get HTTP 405 with a JSON error.
+//! - **Bounded bodies.** A body over [`GatewayConfig::max_body_bytes`] gets HTTP 413 with
+//!   a JSON error and is not sent anywhere.
+//!
+//! # Failover and quorum
+//!
+//! Each request goes through [`crate::nano::retry::options_for`]: read-only actions may be
+//! retried on another worker within the client's attempt budget, `process` and the other
+//! opt-ins are sent once. With [`GatewayConfig::quorum`] N > 1, each read-only request is
+//! sent to N distinct workers and answered only when a strict majority agree byte for
+//! byte ([`crate::rpc::quorum`]). The opt-ins are still sent once: `process` through
+//! three nodes would publish one block three times, and the later nodes' "Old block"
+//! answers would make a published block look like a disagreement.
+//!
+//! The gateway takes its [`RpcClient`] from the caller, so that how the client reaches
+//! workers (a grape lookup, or another way) is decided outside it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::frame::ErrorCode;
+use crate::metrics::GatewayMetrics;
+use crate::nano::retry::{action_of, failover_safe, options_for};
+use crate::rpc::quorum::{request_quorum, QuorumError};
+use crate::rpc::{Answer, CallError, RpcClient};
+
+pub use crate::defaults::DEFAULT_GATEWAY_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES;
+
+/// How long browsers may cache a CORS preflight answer, in seconds (one day).
+const PREFLIGHT_MAX_AGE_SECS: u64 = 86_400;
+
+/// Header naming the worker that answered (`ip:port`).
+pub const WORKER_HEADER: &str = "x-nano-connect-worker";
+
+/// Header carrying the code of a mesh failure (`no_worker`, `action_not_allowed`, ...).
+pub const ERROR_HEADER: &str = "x-nano-connect-error";
+
+/// Settings of a [`Gateway`].
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Service key looked up for every request (default `nano_rpc`).
+    pub service: String,
+    /// Workers asked per request; above 1, a strict majority must agree byte for byte
+    /// (default 1: no quorum, failover for read-only actions).
+    pub quorum: usize,
+    /// Largest request body taken, in bytes (default [`DEFAULT_MAX_BODY_BYTES`], 64 KiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            service: crate::defaults::DEFAULT_SERVICE_KEY.to_string(),
+            quorum: 1,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// What the gateway answers one request with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayReply {
+    /// A node's answer: status, body, and the worker that carried it.
+    Node {
+        /// The node's HTTP status.
+        status: u16,
+        /// The node's body, unchanged.
+        body: Vec<u8>,
+        /// The worker that answered.
+        worker: SocketAddr,
+    },
+    /// The mesh gave no node answer: a wire or mesh code (`no_worker`, `timeout`,
+    /// `unreachable`, `disagreement`, or a worker's [`ErrorCode`]) and a message that
+    /// names the action and the reason.
+    Failure {
+        /// Machine-readable code.
+        code: &'static str,
+        /// One line for people.
+        message: String,
+    },
+}
+
+/// The gateway: turns HTTP requests into mesh requests with its [`RpcClient`].
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    client: Arc<RpcClient>,
+    config: Arc<GatewayConfig>,
+    metrics: Option<Arc<GatewayMetrics>>,
+}
+
+impl Gateway {
+    /// A gateway that carries requests with `client`.
+    pub fn new(client: Arc<RpcClient>, config: GatewayConfig) -> Self {
+        Self {
+            client,
+            config: Arc::new(config),
+            metrics: None,
+        }
+    }
+
+    /// Counts every carried request in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The gateway's settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Carries one Nano RPC body through the mesh and says what to answer.
+    pub async fn carry(&self, body: &[u8]) -> GatewayReply {
+        let key = &self.config.service;
+        let action = action_of(body).unwrap_or_else(|| "(no action)".to_string());
+        let started = Instant::now();
+        let result = if self.config.quorum > 1 && failover_safe(body) {
+            request_quorum(&self.client, key, body, self.config.quorum).await
+        } else {
+            self.client
+                .request_with(key, body, options_for(body))
+                .await
+                .map_err(QuorumError::Call)
+        };
+        let reply = match result {
+            Ok(Answer {
+                status,
+                body,
+                worker,
+                ..
+            }) => GatewayReply::Node {
+                status,
+                body,
+                worker,
+            },
+            Err(e) => failure(&action, e),
+        };
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &reply {
+                GatewayReply::Node { .. } => "answered",
+                GatewayReply::Failure { code, .. } => code,
+            };
+            metrics.carried(outcome, started.elapsed());
+        }
+        match &reply {
+            GatewayReply::Node { status, worker, .. } => tracing::debug!(
+                %action, %worker, status, ms = started.elapsed().as_secs_f64() * 1e3, "carried"
+            ),
+            GatewayReply::Failure { code, message } => {
+                tracing::info!(%action, code, "{message}")
+            }
+        }
+        reply
+    }
+
+    /// The HTTP face: every path, POST to carry, OPTIONS for CORS, with the body cap.
+    pub fn router(self) -> Router {
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_headers(Any)
+            .expose_headers([
+                header::HeaderName::from_static(WORKER_HEADER),
+                header::HeaderName::from_static(ERROR_HEADER),
+            ])
+            .max_age(std::time::Duration::from_secs(PREFLIGHT_MAX_AGE_SECS));
+        Router::new()
+            .fallback(serve_one)
+            .with_state(self)
+            .layer(cors)
+    }
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, gateway.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The [`GatewayReply::Failure`] for a failed request of `action`.
+fn failure(action: &str, error: QuorumError) -> GatewayReply {
+    let (code, message) = match &error {
+        QuorumError::Call(CallError::Refused { worker, error }) => (
+            error.code.as_str(),
+            format!(
+                "worker {worker} refused {action:?}: {}: {}",
+                error.code, error.message
+            ),
+        ),
+        QuorumError::Call(CallError::NoWorkers { .. }) => ("no_worker", error.to_string()),
+        QuorumError::Call(CallError::Timeout { .. }) => ("timeout", error.to_string()),
+        QuorumError::Call(CallError::Unreachable { .. } | CallError::Lookup(_)) => {
+            ("unreachable", error.to_string())
+        }
+        QuorumError::TooFewWorkers { .. } => ("no_worker", error.to_string()),
+        QuorumError::Disagreement(_) => ("disagreement", error.to_string()),
+        _ => (ErrorCode::Internal.as_str(), error.to_string()),
+    };
+    let message = if message.contains(action) {
+        message
+    } else {
+        format!("{action:?}: {message}")
+    };
+    GatewayReply::Failure {
+        code,
+        message: format!("nano-connect: {message}"),
+    }
+}
+
+/// A JSON `{"error": message}` answer with `status`.
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(code) {
+        response.headers_mut().insert(ERROR_HEADER, value);
+    }
+    response
+}
+
+/// The gateway's only route.
+async fn serve_one(State(gateway): State<Gateway>, method: Method, body: Body) -> Response {
+    if method == Method::OPTIONS {
+        // A preflight with CORS headers was answered by the CORS layer; a bare OPTIONS
+        // learns what is allowed.
+        return (
+            StatusCode::NO_CONTENT,
+            [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))],
+        )
+            .into_response();
+    }
+    if method != Method::POST {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "nano-connect: POST a Nano RPC JSON body, such as {\"action\":\"block_count\"}",
+        );
+    }
+    let limit = gateway.config.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            &format!(
+                "nano-connect: request body larger than this gateway's limit of {limit} bytes"
+            ),
+        );
+    };
+    match gateway.carry(&bytes).await {
+        GatewayReply::Node {
+            status,
+            body,
+            worker,
+        } => {
+            let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = (
+                status,
+                [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+                body,
+            )
+                .into_response();
+            if let Ok(value) = HeaderValue::from_str(&worker.to_string()) {
+                response.headers_mut().insert(WORKER_HEADER, value);
+            }
+            response
+        }
+        GatewayReply::Failure { code, message } => json_error(StatusCode::OK, code, &message),
+    }
+}

@@ -1,0 +1,299 @@
+//! A response cache for the relay: the same request within a short time gets the node's
+//! earlier answer without asking the node again.
+//!
+//! The key is the service key and the request's **canonical JSON** (object keys sorted,
+//! no whitespace), so that `{"action":"account_info","account":"A"}` and the same for
+//! account `B` are different entries (NanoRPCProxy keys on the action alone, which serves
+//! one account's answer for another's). How long an answer is kept depends on the action
+//! ([`ttl`]):
+//!
+//! | actions | TTL | why |
+//! |---|---|---|
+//! | `nano_to_raw`, `raw_to_nano`, `account_key`, `validate_account_number`, `block_hash`, `work_validate` | 1 h | pure functions of the request |
+//! | `version` | 60 s | changes only when the node is upgraded |
+//! | `block_info`, `blocks_info` whose blocks are all `"confirmed": "true"` | 60 s | a confirmed block's contents never change |
+//! | `available_supply`, `representatives`, `confirmation_quorum`, `delegators*`, `frontier_count`, `active_difficulty`, `telemetry`, `uptime`, `representatives_online` | 10 s | network-wide figures that move slowly |
+//! | every other read-only action (`block_count`, `account_*`, `receivable`, ...) | 1 s | ledger state, changes with every block |
+//! | `process`, `work_generate`, `block_confirm`, anything unknown | never | not reads |
+//!
+//! With the relay's [`Policy`] given ([`Cached::with_policy`]), the key is made from the
+//! request as the policy rewrites it (`count` capped, `account_filter` removed), and a
+//! request the policy refuses (repeated keys included, which a JSON map would read as
+//! the last value) never gets a cached answer: it goes on to the relay, which refuses it.
+//!
+//! Only answers with HTTP 200 and no `"error"` field are kept; refusals and failures
+//! never are. A cached answer is logged (`answered from cache`) and counted in
+//! [`crate::metrics`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use serde_json::Value;
+
+use super::policy::Policy;
+use crate::metrics::WorkerMetrics;
+use crate::service::{Handler, Reply, Request};
+
+pub use crate::defaults::DEFAULT_CACHE_ENTRIES;
+
+/// How long an answer to `action` is kept (`None`: never cached); `answer` is the node's
+/// JSON answer, used for `block_info` and `blocks_info` (kept longer when confirmed).
+pub fn ttl(action: &str, answer: &Value) -> Option<Duration> {
+    const SECOND: Duration = Duration::from_secs(1);
+    Some(match action {
+        "nano_to_raw"
+        | "raw_to_nano"
+        | "account_key"
+        | "validate_account_number"
+        | "block_hash"
+        | "work_validate" => Duration::from_secs(3600),
+        "version" => Duration::from_secs(60),
+        "block_info" if is_true(answer.get("confirmed")) => Duration::from_secs(60),
+        "blocks_info" if all_confirmed(answer) => Duration::from_secs(60),
+        "available_supply"
+        | "representatives"
+        | "representatives_online"
+        | "confirmation_quorum"
+        | "delegators"
+        | "delegators_count"
+        | "frontier_count"
+        | "active_difficulty"
+        | "telemetry"
+        | "uptime" => Duration::from_secs(10),
+        action if super::actions::READ_ONLY_ACTIONS.contains(&action) => SECOND,
+        _ => return None,
+    })
+}
+
+fn is_true(value: Option<&Value>) -> bool {
+    matches!(value, Some(Value::String(s)) if s == "true") || value == Some(&Value::Bool(true))
+}
+
+/// Whether every block of a `blocks_info` answer is confirmed (and there is at least one).
+fn all_confirmed(answer: &Value) -> bool {
+    match answer.get("blocks") {
+        Some(Value::Object(blocks)) if !blocks.is_empty() => {
+            blocks.values().all(|b| is_true(b.get("confirmed")))
+        }
+        _ => false,
+    }
+}
+
+/// The cache key of a request: service key and canonical JSON, or `None` when the body
+/// is not a JSON object with a string action (such requests are not cached).
+pub fn cache_key(service: &str, body: &[u8]) -> Option<(String, String)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let action = value.get("action")?.as_str()?.to_string();
+    // serde_json's map is ordered by key (no `preserve_order`), so this is canonical.
+    Some((action, format!("{service}\n{value}")))
+}
+
+#[derive(Clone)]
+struct Entry {
+    status: u16,
+    body: Arc<Vec<u8>>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _at: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// A [`Handler`] that answers repeated read-only requests from a cache (see the module
+/// documentation for keys and TTLs) and passes the rest to the inner handler. It also
+/// times every request the inner handler answers, as the node latency of
+/// [`WorkerMetrics`].
+pub struct Cached<H> {
+    inner: H,
+    cache: Option<Cache<String, Entry>>,
+    metrics: Option<Arc<WorkerMetrics>>,
+    policy: Option<Policy>,
+}
+
+impl<H> std::fmt::Debug for Cached<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("entries", &self.cache.as_ref().map(|c| c.entry_count()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> Cached<H> {
+    /// Wraps `inner` with a cache of at most `max_entries` answers (0: no cache, only
+    /// the timing), reporting to `metrics`.
+    pub fn new(inner: H, max_entries: u64, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+        let cache = (max_entries > 0).then(|| {
+            Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .build()
+        });
+        Self {
+            inner,
+            cache,
+            metrics,
+            policy: None,
+        }
+    }
+
+    /// Keys entries on requests as `policy` rewrites them, and never answers a request
+    /// `policy` refuses from the cache (see the module documentation).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The cache key of `request`, if it may be answered from or stored in the cache.
+    fn key_of(&self, request: &Request) -> Option<(String, String)> {
+        self.cache.as_ref()?;
+        match &self.policy {
+            Some(policy) => {
+                let checked = policy.check(&request.body).ok()?;
+                cache_key(&request.key, &checked)
+            }
+            None => cache_key(&request.key, &request.body),
+        }
+    }
+
+    /// The inner handler.
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+impl<H: Handler> Handler for Cached<H> {
+    async fn handle(&self, request: Request) -> Reply {
+        let key = self.key_of(&request);
+        if let (Some(cache), Some((action, key))) = (&self.cache, &key) {
+            if let Some(entry) = cache.get(key) {
+                tracing::debug!(peer = %request.peer, %action, "answered from cache");
+                if let Some(metrics) = &self.metrics {
+                    metrics.cache_hit(action);
+                }
+                return Reply::Answer {
+                    status: entry.status,
+                    body: entry.body.as_ref().clone(),
+                };
+            }
+        }
+        let started = Instant::now();
+        let reply = self.inner.handle(request).await;
+        if let Some(metrics) = &self.metrics {
+            if matches!(reply, Reply::Answer { .. }) {
+                metrics.node_latency(started.elapsed());
+            }
+        }
+        if let (Some(cache), Some((action, key)), Reply::Answer { status: 200, body }) =
+            (&self.cache, key, &reply)
+        {
+            if let Ok(answer) = serde_json::from_slice::<Value>(body) {
+                if answer.get("error").is_none() {
+                    if let Some(ttl) = ttl(&action, &answer) {
+                        cache.insert(
+                            key,
+                            Entry {
+                                status: 200,
+                                body: Arc::new(body.clone()),
+                                ttl,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers every request with its own body and counts the calls.
+    #[derive(Default)]
+    struct Echo(AtomicUsize);
+
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Reply {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Reply::ok(request.body)
+        }
+    }
+
+    fn request(body: &str) -> Request {
+        Request {
+            key: "nano_rpc".into(),
+            body: body.as_bytes().to_vec(),
+            peer: "192.0.2.1:1".parse().expect("address"),
+        }
+    }
+
+    #[tokio::test]
+    async fn policy_rewrites_make_one_entry_and_refused_requests_skip_the_cache() {
+        let cached = Cached::new(Echo::default(), 100, None).with_policy(Policy::read_only());
+        let a = r#"{"action":"account_history","account":"A","count":"5000"}"#;
+        let b = r#"{"action":"account_history","account":"A","count":"1000"}"#;
+        cached.handle(request(a)).await;
+        cached.handle(request(b)).await;
+        assert_eq!(
+            cached.inner().0.load(Ordering::SeqCst),
+            1,
+            "same capped request"
+        );
+        // Repeated keys: the policy refuses them, so no cached answer is served.
+        let c = r#"{"action":"account_balance","account":"B"}"#;
+        cached.handle(request(c)).await;
+        let twice = r#"{"action":"account_balance","account":"A","account":"B"}"#;
+        cached.handle(request(twice)).await;
+        assert_eq!(cached.inner().0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn key_is_canonical_and_includes_parameters() {
+        let a = cache_key("nano_rpc", br#"{"account":"A","action":"account_info"}"#);
+        let b = cache_key(
+            "nano_rpc",
+            br#"{ "action": "account_info", "account": "A" }"#,
+        );
+        let c = cache_key("nano_rpc", br#"{"action":"account_info","account":"B"}"#);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.map(|(action, _)| action).as_deref(), Some("account_info"));
+        assert_eq!(cache_key("nano_rpc", b"[1]"), None);
+        assert_eq!(cache_key("nano_rpc", br#"{"action":1}"#), None);
+    }
+
+    #[test]
+    fn ttl_table() {
+        let none = json!({});
+        assert_eq!(ttl("block_count", &none), Some(Duration::from_secs(1)));
+        assert_eq!(ttl("version", &none), Some(Duration::from_secs(60)));
+        assert_eq!(ttl("nano_to_raw", &none), Some(Duration::from_secs(3600)));
+        assert_eq!(ttl("telemetry", &none), Some(Duration::from_secs(10)));
+        assert_eq!(ttl("process", &none), None);
+        assert_eq!(ttl("work_generate", &none), None);
+        assert_eq!(ttl("wallet_create", &none), None);
+        assert_eq!(
+            ttl("block_info", &json!({"confirmed": "true"})),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            ttl("block_info", &json!({"confirmed": "false"})),
+            Some(Duration::from_secs(1))
+        );
+        let confirmed = json!({"blocks": {"A": {"confirmed": "true"}, "B": {"confirmed": "true"}}});
+        let mixed = json!({"blocks": {"A": {"confirmed": "true"}, "B": {"confirmed": "false"}}});
+        assert_eq!(
+            ttl("blocks_info", &confirmed),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(ttl("blocks_info", &mixed), Some(Duration::from_secs(1)));
+    }
+}
