@@ -18,6 +18,7 @@
 //! - [`transport`]: the UDP socket and the QUIC endpoint settings.
 //! - [`rpc`]: the RPC server (worker side) and client (caller side) over QUIC.
 //! - [`nano`]: the Nano RPC relay: allowlist policy (pure) and the HTTP forwarder.
+//! - [`nat`]: NAT traversal: STUN, the broker (rendezvous and relay), hole punching.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ pub mod fibonacci;
 pub mod frame;
 pub mod link;
 pub mod nano;
+pub mod nat;
 pub mod rpc;
 pub mod service;
 pub mod transport;
