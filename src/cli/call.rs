@@ -1,14 +1,23 @@
 //! `nano-connect call`: send Nano RPC requests through the mesh.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::frame::ErrorCode;
 use nano_connect::link::Link;
+use nano_connect::nat::broker_proto::RefusalCode;
+use nano_connect::nat::peer::{
+    broker_of, connect_via_broker, BrokerError, Brokered, ConnectConfig, PathKind,
+};
+use nano_connect::nat::socket::{Diverted, NatSocket};
 use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
+use nano_connect::transport::client_endpoint;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::exit;
 
@@ -28,6 +37,13 @@ use super::exit;
 /// refused (action not allowed, invalid request); 4 the node answered an error
 /// ({"error": ...} or an HTTP error such as RsNano's 422; its answer is still printed);
 /// 5 no worker announces the key; 6 timeout; 7 the grape or every worker unreachable.
+///
+/// With -v, one line per answer on stderr:
+///   nano-connect: path=direct|punched|relayed worker=IP:PORT elapsed_ms=N.N
+/// direct: QUIC went straight to an address the worker listens on (no NAT in front of
+/// it); punched: through the worker's NAT, opened by hole punching; relayed: through the
+/// broker. elapsed_ms runs from the start of the command to the first answer, then from
+/// each request's start.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CallArgs {
@@ -43,6 +59,17 @@ pub struct CallArgs {
     /// Milliseconds allowed for each request, lookup and failover included.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
+    /// Find a worker through the broker of the grape whose DHT address is HOST:PORT
+    /// (the broker listens on PORT + 1) instead of a lookup through --grape: reaches
+    /// workers behind NATs directly, by hole punching, or through the broker's relay.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
+    /// Skip hole punching and use the broker's relay at once (tests).
+    #[arg(long, hide = true, requires = "broker")]
+    force_relay: bool,
+    /// Milliseconds to open a direct path before asking the broker to relay.
+    #[arg(long, hide = true, value_name = "MS", default_value_t = nano_connect::defaults::DEFAULT_PUNCH_DEADLINE.as_millis() as u64)]
+    punch_deadline: u64,
     /// The Nano RPC action, for example block_count.
     action: Option<String>,
     /// Request fields as NAME=VALUE.
@@ -81,6 +108,7 @@ fn request_body(args: &CallArgs) -> Result<Option<Vec<u8>>, String> {
 }
 
 pub async fn run(args: CallArgs, verbose: u8) -> u8 {
+    let started = Instant::now();
     let body = match request_body(&args) {
         Ok(body) => body,
         Err(e) => {
@@ -92,26 +120,171 @@ pub async fn run(args: CallArgs, verbose: u8) -> u8 {
         request_timeout: Duration::from_millis(args.timeout),
         ..RpcClientConfig::default()
     };
-    let client = match RpcClient::new(Some(Link::new(&args.grape)), config) {
-        Ok(client) => client,
+    let target = match &args.broker {
+        Some(broker) => Target::broker(broker, &args, config),
+        None => RpcClient::new(Some(Link::new(&args.grape)), config)
+            .map(Target::Grape)
+            .map_err(|e| e.to_string()),
+    };
+    let mut target = match target {
+        Ok(target) => target,
         Err(e) => {
             eprintln!("nano-connect: {e}");
             return exit::FAILURE;
         }
     };
     let code = match body {
-        Some(body) => one(&client, &args.service, &body, verbose).await,
-        None => session(&client, &args.service, verbose).await,
+        Some(body) => one(&mut target, &args.service, &body, verbose, started).await,
+        None => session(&mut target, &args.service, verbose, started).await,
     };
-    client.close(Duration::from_millis(200)).await;
+    target.client().close(Duration::from_millis(200)).await;
     code
 }
 
-async fn one(client: &RpcClient, key: &str, body: &[u8], verbose: u8) -> u8 {
-    match client.request(key, body).await {
-        Ok(answer) => {
+/// A request that got no answer: the line for people, the exit code, the short name.
+struct Failure {
+    message: String,
+    code: u8,
+    name: &'static str,
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Self {
+            message: e.to_string(),
+            code: exit_code(&e),
+            name: error_name(&e),
+        }
+    }
+}
+
+/// Where requests go: workers looked up through a grape, or one worker reached
+/// through a broker.
+#[allow(clippy::large_enum_variant)] // one per process
+enum Target {
+    Grape(RpcClient),
+    Broker {
+        client: RpcClient,
+        socket: Arc<NatSocket>,
+        diverted: Option<mpsc::Receiver<Diverted>>,
+        config: ConnectConfig,
+        connected: Option<Brokered>,
+    },
+}
+
+impl Target {
+    fn broker(broker: &str, args: &CallArgs, config: RpcClientConfig) -> Result<Self, String> {
+        let broker = broker_of(broker).map_err(|e| e.to_string())?;
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let (socket, diverted) =
+            NatSocket::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+        let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
+        let endpoint = client_endpoint(abstract_socket, &config.quic).map_err(|e| e.to_string())?;
+        let mut connect = ConnectConfig::new(broker, args.service.clone());
+        connect.force_relay = args.force_relay;
+        connect.punch_deadline = Duration::from_millis(args.punch_deadline);
+        Ok(Self::Broker {
+            client: RpcClient::with_endpoint(endpoint, None, config),
+            socket,
+            diverted: Some(diverted),
+            config: connect,
+            connected: None,
+        })
+    }
+
+    fn client(&self) -> &RpcClient {
+        match self {
+            Self::Grape(client) | Self::Broker { client, .. } => client,
+        }
+    }
+
+    /// Sends one request; returns the answer and the path it took.
+    async fn request(
+        &mut self,
+        key: &str,
+        body: &[u8],
+    ) -> Result<(Answer, PathKind, SocketAddr), Failure> {
+        match self {
+            Self::Grape(client) => {
+                let answer = client.request(key, body).await?;
+                let worker = answer.worker;
+                Ok((answer, PathKind::Direct, worker))
+            }
+            Self::Broker {
+                client,
+                socket,
+                diverted,
+                config,
+                connected,
+            } => {
+                let after = client.config().request_timeout;
+                let deadline = tokio::time::Instant::now() + after;
+                if connected.is_none() {
+                    let Some(rx) = diverted.take() else {
+                        return Err(Failure {
+                            message: "the connection to the worker was lost".into(),
+                            code: exit::UNREACHABLE,
+                            name: "unreachable",
+                        });
+                    };
+                    let made = tokio::time::timeout_at(
+                        deadline,
+                        connect_via_broker(client.endpoint(), socket.clone(), rx, config),
+                    )
+                    .await
+                    .map_err(|_| Failure::from(CallError::Timeout { after }))?;
+                    let brokered = made.map_err(broker_failure)?;
+                    client.adopt(brokered.remote, brokered.connection.clone());
+                    *connected = Some(brokered);
+                }
+                let Some(brokered) = connected.as_mut() else {
+                    return Err(Failure::from(CallError::Timeout { after }));
+                };
+                let mut closed = brokered.closed_by_broker.clone();
+                let remote = brokered.remote;
+                tokio::select! {
+                    answer = client.request_addr(remote, key, body) => {
+                        Ok((answer?, brokered.path, brokered.worker))
+                    }
+                    message = async {
+                        match closed.wait_for(Option::is_some).await {
+                            Ok(m) => m.clone().unwrap_or_default(),
+                            // The listener ended with the connection: the request sees that.
+                            Err(_) => std::future::pending().await,
+                        }
+                    } => {
+                        Err(Failure { message, code: exit::UNREACHABLE, name: "relay_closed" })
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        Err(Failure::from(CallError::Timeout { after }))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn broker_failure(e: BrokerError) -> Failure {
+    let (code, name) = match &e {
+        BrokerError::Refused {
+            code: RefusalCode::NoWorker,
+            ..
+        } => (exit::NO_WORKER, "no_worker"),
+        BrokerError::Address(_) => (exit::USAGE, "usage"),
+        _ => (exit::UNREACHABLE, "unreachable"),
+    };
+    Failure {
+        message: e.to_string(),
+        code,
+        name,
+    }
+}
+
+async fn one(target: &mut Target, key: &str, body: &[u8], verbose: u8, started: Instant) -> u8 {
+    match target.request(key, body).await {
+        Ok((answer, path, worker)) => {
             if verbose > 0 {
-                describe_path(&answer);
+                describe_path(path, worker, started.elapsed());
             }
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(&answer.body);
@@ -128,15 +301,15 @@ async fn one(client: &RpcClient, key: &str, body: &[u8], verbose: u8) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("nano-connect: {e}");
-            exit_code(&e)
+            eprintln!("nano-connect: {}", e.message);
+            e.code
         }
     }
 }
 
 /// Reads one JSON request per line from stdin and prints one answer line for each.
 /// Returns the exit code of the last failure, or 0.
-async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
+async fn session(target: &mut Target, key: &str, verbose: u8, started: Instant) -> u8 {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("nano-connect: one JSON request per line, e.g. {{\"action\":\"block_count\"}}; Ctrl-D ends");
@@ -152,6 +325,7 @@ async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
         }
     });
     let mut code = exit::OK;
+    let mut first = true;
     loop {
         if interactive {
             eprint!("> ");
@@ -165,11 +339,13 @@ async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
         if line.is_empty() {
             continue;
         }
+        let since = if first { started } else { Instant::now() };
         let output = match serde_json::from_str::<Value>(line) {
-            Ok(value) if value.is_object() => match client.request(key, line.as_bytes()).await {
-                Ok(answer) => {
+            Ok(value) if value.is_object() => match target.request(key, line.as_bytes()).await {
+                Ok((answer, path, worker)) => {
+                    first = false;
                     if verbose > 0 {
-                        describe_path(&answer);
+                        describe_path(path, worker, since.elapsed());
                     }
                     if node_error(&answer).is_some() {
                         code = exit::NODE_ERROR;
@@ -177,8 +353,8 @@ async fn session(client: &RpcClient, key: &str, verbose: u8) -> u8 {
                     one_line(&answer)
                 }
                 Err(e) => {
-                    code = exit_code(&e);
-                    error_line(&e.to_string(), error_name(&e))
+                    code = e.code;
+                    error_line(&e.message, e.name)
                 }
             },
             _ => {
@@ -221,19 +397,13 @@ fn node_error(answer: &Answer) -> Option<String> {
     })
 }
 
-fn describe_path(answer: &Answer) {
-    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+/// The `-v` line: which path carried the answer, from which worker, how long it took.
+fn describe_path(path: PathKind, worker: SocketAddr, elapsed: Duration) {
     eprintln!(
-        "nano-connect: answered by {} over a direct QUIC path; lookup {}, connect {}, exchange {}{}",
-        answer.worker,
-        ms(answer.lookup),
-        answer.connect.map_or("reused".to_string(), ms),
-        ms(answer.exchange),
-        if answer.failovers > 0 {
-            format!(", after {} failed worker(s)", answer.failovers)
-        } else {
-            String::new()
-        }
+        "nano-connect: path={} worker={} elapsed_ms={:.1}",
+        path.as_str(),
+        worker,
+        elapsed.as_secs_f64() * 1e3
     );
 }
 

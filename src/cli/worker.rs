@@ -1,6 +1,7 @@
 //! `nano-connect worker`: serve a key next to a Nano node.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,8 +12,11 @@ use nano_connect::defaults::{
 use nano_connect::fibonacci::FibonacciService;
 use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
+use nano_connect::nat::peer::{broker_of, run_worker_agent, WorkerAgentConfig};
+use nano_connect::nat::socket::NatSocket;
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
 use nano_connect::service::{Handler, Reply, Request};
+use nano_connect::transport::server_endpoint;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -55,6 +59,13 @@ pub struct WorkerArgs {
     /// (for trying the mesh without a node).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
     service: ServiceKind,
+    /// Register KEY with the broker of the grape whose DHT address is HOST:PORT (the
+    /// broker listens on PORT + 1), instead of announcing through --grape: for a worker
+    /// behind a NAT. Clients then reach it with `call --broker HOST:PORT`, directly, by
+    /// hole punching, or through the broker's relay. Prints one more JSON line
+    /// `{"event":"registered","broker":...,"reflexive":...}` once registered.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +132,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         keys: vec![args.announce.clone()],
         ..RpcServerConfig::default()
     };
+    if let Some(broker) = &args.broker {
+        return run_brokered(&args, broker, config, service).await;
+    }
     let server = RpcServer::bind(SocketAddr::new(args.bind, args.port), config, service)
         .await
         .context("cannot start the worker")?;
@@ -147,6 +161,52 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     info!("shutting down");
     cancel.cancel();
     let _ = announcer.await;
+    server.shutdown(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// A worker registered with a broker: QUIC and the broker protocol share one socket, so
+/// the broker sees the mapping that QUIC uses.
+async fn run_brokered(
+    args: &WorkerArgs,
+    broker: &str,
+    config: RpcServerConfig,
+    service: WorkerService,
+) -> anyhow::Result<()> {
+    let broker = broker_of(broker).context("--broker")?;
+    let bind = SocketAddr::new(args.bind, args.port);
+    let (socket, diverted) =
+        NatSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
+    let endpoint =
+        server_endpoint(abstract_socket, &config.quic).context("cannot start the worker")?;
+    let server = RpcServer::serve(endpoint, config, service);
+    let addr = server.local_addr();
+    info!(%addr, key = %args.announce, %broker, "worker serving through a broker");
+    super::emit(serde_json::json!({
+        "event": "listening",
+        "addr": addr.to_string(),
+        "port": addr.port(),
+        "key": args.announce,
+    }));
+    let cancel = CancellationToken::new();
+    let agent = tokio::spawn(run_worker_agent(
+        socket,
+        diverted,
+        WorkerAgentConfig::new(broker, args.announce.clone()),
+        cancel.clone(),
+        |broker, reflexive| {
+            super::emit(serde_json::json!({
+                "event": "registered",
+                "broker": broker.to_string(),
+                "reflexive": reflexive.to_string(),
+            }))
+        },
+    ));
+    super::shutdown_signal().await;
+    info!("shutting down");
+    cancel.cancel();
+    let _ = agent.await;
     server.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }

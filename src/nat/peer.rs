@@ -546,13 +546,8 @@ pub async fn connect_via_broker(
             };
             socket.add_circuit(circuit, broker);
             let remote = circuit_addr(circuit);
-            let connection = dial(
-                endpoint,
-                remote,
-                config.punch_deadline.max(Duration::from_secs(2)),
-            )
-            .await
-            .map_err(|e| BrokerError::NoPath(format!("through the relay: {e}")))?;
+            let timeout = config.punch_deadline.max(Duration::from_secs(2));
+            let connection = dial_relay(endpoint, &mut inbox, broker, remote, timeout).await?;
             (connection, remote, PathKind::Relayed)
         }
     };
@@ -584,6 +579,36 @@ async fn dial(
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
+    }
+}
+
+/// Dials a relay circuit, watching for the broker closing it during the handshake.
+async fn dial_relay(
+    endpoint: &Endpoint,
+    inbox: &mut Inbox,
+    broker: SocketAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Result<Connection, BrokerError> {
+    let handshake = dial(endpoint, remote, timeout);
+    tokio::pin!(handshake);
+    loop {
+        tokio::select! {
+            result = &mut handshake => {
+                return result.map_err(|e| BrokerError::NoPath(format!("through the relay: {e}")));
+            }
+            d = inbox.next() => {
+                let Some((from, bytes)) = d else {
+                    return Err(BrokerError::NoPath("socket closed".into()));
+                };
+                if from != broker {
+                    continue;
+                }
+                if let Ok(Datagram::Broker(BrokerMessage::Refused { circuit: Some(_), code, message, .. })) = decode(&bytes) {
+                    return Err(BrokerError::Refused { code, message });
+                }
+            }
+        }
     }
 }
 
@@ -621,7 +646,7 @@ async fn punch_and_dial(
                 }
             }
             d = inbox.next() => {
-                let Some((from, bytes)) = d else { return None };
+                let (from, bytes) = d?;
                 if let Ok(Datagram::Punch(n)) = decode(&bytes) {
                     if n == nonce {
                         let _ = inbox.socket.send_raw(&encode_punch(&nonce, true), from).await;
