@@ -308,6 +308,7 @@ async fn malformed_datagrams_never_crash_the_broker() {
         peer_local: vec![],
         nonce: [0; NONCE_LEN],
         delay_ms: 0,
+        peer_symmetric: false,
     });
     let datagrams: Vec<Vec<u8>> = vec![
         vec![],
@@ -378,6 +379,7 @@ async fn punches_carry_the_nonce_and_a_strangers_punch_is_ignored() {
         key: "fib".into(),
         local: vec![],
         rtt_ms: 1,
+        symmetric: false,
     };
     client.send_to(&encode_broker(&connect), broker).unwrap();
     let nonce = receive_until(&client, Duration::from_secs(5), |from, d| match d {

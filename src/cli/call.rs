@@ -233,7 +233,11 @@ impl Target {
                     )
                     .await
                     .map_err(|_| Failure::from(CallError::Timeout { after }))?;
-                    let brokered = made.map_err(broker_failure)?;
+                    let mut brokered = made.map_err(broker_failure)?;
+                    if let Some(endpoint) = brokered.endpoint.take() {
+                        // The birthday method's socket carries this connection.
+                        *client = RpcClient::with_endpoint(endpoint, None, client.config().clone());
+                    }
                     client.adopt(brokered.remote, brokered.connection.clone());
                     *connected = Some(brokered);
                 }

@@ -12,7 +12,7 @@ use nano_connect::defaults::{
 use nano_connect::fibonacci::FibonacciService;
 use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
-use nano_connect::nat::peer::{broker_of, run_worker_agent, WorkerAgentConfig};
+use nano_connect::nat::peer::{broker_of, run_worker_agent, ServeExtra, WorkerAgentConfig};
 use nano_connect::nat::socket::NatSocket;
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
 use nano_connect::service::{Handler, Reply, Request};
@@ -180,9 +180,27 @@ async fn run_brokered(
     let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
     let endpoint =
         server_endpoint(abstract_socket, &config.quic).context("cannot start the worker")?;
-    let server = RpcServer::serve(endpoint, config, service);
+    let service = Arc::new(service);
+    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
     let addr = server.local_addr();
     info!(%addr, key = %args.announce, %broker, "worker serving through a broker");
+    // Servers on the birthday method's winning sockets (symmetric NAT in front of us).
+    let extra: Arc<std::sync::Mutex<Vec<RpcServer>>> = Arc::default();
+    let serve_extra: ServeExtra = {
+        let extra = extra.clone();
+        Arc::new(move |socket: Arc<NatSocket>, _diverted| {
+            let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
+            match server_endpoint(abstract_socket, &config.quic) {
+                Ok(endpoint) => {
+                    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
+                    if let Ok(mut extra) = extra.lock() {
+                        extra.push(server);
+                    }
+                }
+                Err(e) => warn!(%e, "cannot serve on the birthday socket"),
+            }
+        })
+    };
     super::emit(serde_json::json!({
         "event": "listening",
         "addr": addr.to_string(),
@@ -202,11 +220,19 @@ async fn run_brokered(
                 "reflexive": reflexive.to_string(),
             }))
         },
+        Some(serve_extra),
     ));
     super::shutdown_signal().await;
     info!("shutting down");
     cancel.cancel();
     let _ = agent.await;
+    let extra: Vec<RpcServer> = extra
+        .lock()
+        .map(|mut e| e.drain(..).collect())
+        .unwrap_or_default();
+    for server in extra {
+        server.shutdown(Duration::from_millis(200)).await;
+    }
     server.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }

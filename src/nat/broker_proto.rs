@@ -97,6 +97,10 @@ pub enum BrokerMessage {
         local: Vec<SocketAddr>,
         /// The worker's last measured round-trip time to the broker, ms (0: unknown).
         rtt_ms: u32,
+        /// Whether the worker's NAT maps endpoint-dependently (symmetric), as its own
+        /// mapping check found; absent means false.
+        #[serde(default)]
+        symmetric: bool,
     },
     /// Broker → worker: the registration holds until `expires_ms` from now unless refreshed.
     Registered {
@@ -117,6 +121,9 @@ pub enum BrokerMessage {
         local: Vec<SocketAddr>,
         /// The client's measured round-trip time to the broker, ms (0: unknown).
         rtt_ms: u32,
+        /// Whether the client's NAT maps endpoint-dependently (symmetric); absent: false.
+        #[serde(default)]
+        symmetric: bool,
     },
     /// Broker → both peers: the other side's addresses, a nonce and a start delay.
     Introduce {
@@ -134,6 +141,10 @@ pub enum BrokerMessage {
         /// Milliseconds to wait after receipt before starting, so that both sides start
         /// together (RTT-based synchronisation as in libp2p DCUtR).
         delay_ms: u32,
+        /// Whether the other peer's NAT is symmetric: exactly one symmetric side runs
+        /// the birthday method (docs/protocol.md §5.4); absent means false.
+        #[serde(default)]
+        peer_symmetric: bool,
     },
     /// Client → broker: no direct path opened; relay the introduction named by `nonce`.
     RelayRequest {
@@ -290,6 +301,7 @@ mod tests {
                 key: "nano_rpc".into(),
                 local: vec![addr()],
                 rtt_ms: 3,
+                symmetric: false,
             },
             BrokerMessage::Introduce {
                 tx: 3,
@@ -298,6 +310,7 @@ mod tests {
                 peer_local: vec![],
                 nonce: [7; NONCE_LEN],
                 delay_ms: 12,
+                peer_symmetric: true,
             },
             BrokerMessage::Refused {
                 tx: 0,

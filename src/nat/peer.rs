@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::broker_proto::{
     decode, encode_broker, encode_punch, BrokerMessage, Datagram, Nonce, RefusalCode, Role,
 };
-use super::punch::PunchSchedule;
+use super::punch::{birthday_ports, PunchSchedule, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS};
 use super::socket::{circuit_addr, Diverted, NatSocket};
 use super::stun;
 use crate::defaults::{
@@ -182,6 +182,104 @@ impl Inbox {
     }
 }
 
+impl Inbox {
+    /// Ping the broker, then STUN its alternate port: the RTT, the reflexive address,
+    /// and whether the mapping differs per destination (endpoint-dependent).
+    async fn mapping_check(
+        &mut self,
+        broker: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Duration, SocketAddr, Option<SocketAddr>), BrokerError> {
+        let tx: u64 = rand::random();
+        let (pong, rtt) = self
+            .ask(broker, &BrokerMessage::Ping { tx }, tx, timeout)
+            .await?;
+        let BrokerMessage::Pong { reflexive, alt, .. } = pong else {
+            return Err(BrokerError::NoPath(
+                "the broker did not answer the ping".into(),
+            ));
+        };
+        let reflexive_alt = match alt {
+            Some(alt) => self
+                .stun(SocketAddr::new(broker.ip(), alt.port()), timeout)
+                .await
+                .ok(),
+            None => None,
+        };
+        Ok((rtt, reflexive, reflexive_alt))
+    }
+}
+
+/// Opens the birthday method's sockets on `ip` and sends one punch from each to
+/// `target` (docs/protocol.md §5.4); each opens its own NAT mapping toward it.
+async fn birthday_sockets(
+    ip: IpAddr,
+    target: SocketAddr,
+    nonce: &Nonce,
+) -> Vec<tokio::net::UdpSocket> {
+    let punch = encode_punch(nonce, false);
+    let mut sockets = Vec::with_capacity(BIRTHDAY_SOCKETS);
+    for _ in 0..BIRTHDAY_SOCKETS {
+        match tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+            Ok(socket) => {
+                let _ = socket.send_to(&punch, target).await;
+                sockets.push(socket);
+            }
+            Err(e) => {
+                debug!(%e, "birthday socket not opened");
+                break;
+            }
+        }
+    }
+    sockets
+}
+
+/// Waits until one of `sockets` receives a punch or echo carrying `nonce`; returns
+/// that socket and the datagram's source.
+async fn birthday_match(
+    sockets: Vec<tokio::net::UdpSocket>,
+    nonce: Nonce,
+    until: tokio::time::Instant,
+) -> Option<(tokio::net::UdpSocket, SocketAddr)> {
+    let mut waiting = JoinSet::new();
+    for socket in sockets {
+        waiting.spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                if matches!(decode(&buf[..len]), Ok(Datagram::Punch(n) | Datagram::PunchEcho(n)) if n == nonce) {
+                    return (socket, from);
+                }
+            }
+        });
+    }
+    let found = tokio::time::timeout_at(until, waiting.join_next()).await;
+    waiting.abort_all();
+    match found {
+        Ok(Some(Ok(found))) => Some(found),
+        _ => None,
+    }
+}
+
+/// The endpoint-independent side's birthday probes: one punch to each of
+/// [`BIRTHDAY_PROBES`] random ports of `ip`, in bursts so as not to overflow buffers.
+async fn birthday_probes(socket: Arc<NatSocket>, ip: IpAddr, nonce: Nonce) {
+    let punch = encode_punch(&nonce, false);
+    let ports = birthday_ports(&mut rand::rng(), BIRTHDAY_PROBES);
+    for chunk in ports.chunks(256) {
+        for port in chunk {
+            let _ = socket.send_raw(&punch, SocketAddr::new(ip, *port)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Delay before the endpoint-independent side probes, so that the symmetric side's
+/// mappings exist when the probes reach its NAT.
+const BIRTHDAY_PROBE_DELAY: Duration = Duration::from_millis(30);
+
 fn answer_tx(message: &BrokerMessage) -> Option<u64> {
     match message {
         BrokerMessage::Pong { tx, .. }
@@ -230,12 +328,17 @@ impl WorkerAgentConfig {
 /// registers `key` and refreshes it, calls `on_registered(broker, reflexive)` after the
 /// first success, punches toward each client the broker introduces, echoes punches
 /// that carry a live nonce and ignores all others.
+///
+/// When this worker's NAT is symmetric and the client's is not, the birthday method's
+/// winning socket is handed to `serve_extra`, which must serve QUIC on it (the client
+/// dials that socket's mapping); without it such clients fall back to the relay.
 pub async fn run_worker_agent(
     socket: Arc<NatSocket>,
     rx: mpsc::Receiver<Diverted>,
     config: WorkerAgentConfig,
     cancel: CancellationToken,
     mut on_registered: impl FnMut(SocketAddr, SocketAddr) + Send,
+    serve_extra: Option<ServeExtra>,
 ) {
     let broker = config.broker;
     socket.trust_broker(broker);
@@ -248,6 +351,21 @@ pub async fn run_worker_agent(
         rx,
         stash: VecDeque::new(),
     };
+    let symmetric = match inbox.mapping_check(broker, Duration::from_secs(1)).await {
+        Ok((_, reflexive, Some(alt))) => alt != reflexive,
+        Ok(_) => false,
+        Err(e) => {
+            debug!(%e, "mapping check failed; assuming endpoint-independent");
+            false
+        }
+    };
+    if symmetric {
+        info!("this worker's NAT maps endpoint-dependently (symmetric)");
+    }
+    let bind_ip = socket
+        .local()
+        .map(|l| l.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     // Nonce → whether the peer answered (punching stops then).
     let live: Arc<Mutex<HashMap<Nonce, bool>>> = Arc::default();
     let mut punchers = JoinSet::new();
@@ -263,6 +381,7 @@ pub async fn run_worker_agent(
                 key: config.key.clone(),
                 local: local.clone(),
                 rtt_ms,
+                symmetric,
             };
             sent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
             sent.insert(tx, Instant::now());
@@ -303,12 +422,32 @@ pub async fn run_worker_agent(
                     peer_local,
                     nonce,
                     delay_ms,
+                    peer_symmetric,
                     ..
                 } => {
-                    debug!(peer = %peer_reflexive, delay_ms, "introduced: punching");
+                    debug!(peer = %peer_reflexive, delay_ms, peer_symmetric, "introduced: punching");
                     if let Ok(mut l) = live.lock() {
-                        l.retain(|_, _| true);
                         l.insert(nonce, false);
+                    }
+                    let delay = Duration::from_millis(delay_ms.into());
+                    if symmetric && !peer_symmetric {
+                        if let Some(serve) = serve_extra.clone() {
+                            punchers.spawn(worker_birthday(
+                                bind_ip,
+                                peer_reflexive,
+                                nonce,
+                                delay,
+                                serve,
+                            ));
+                            continue;
+                        }
+                    }
+                    if !symmetric && peer_symmetric {
+                        let socket = socket.clone();
+                        punchers.spawn(async move {
+                            tokio::time::sleep(delay + BIRTHDAY_PROBE_DELAY).await;
+                            birthday_probes(socket, peer_reflexive.ip(), nonce).await;
+                        });
                     }
                     let mut targets = vec![peer_reflexive];
                     targets.extend(peer_local.into_iter().filter(|a| *a != peer_reflexive));
@@ -316,7 +455,7 @@ pub async fn run_worker_agent(
                         socket.clone(),
                         targets,
                         nonce,
-                        Duration::from_millis(delay_ms.into()),
+                        delay,
                         config.schedule.clone(),
                         live.clone(),
                     ));
@@ -351,6 +490,38 @@ pub async fn run_worker_agent(
         }
     }
     punchers.shutdown().await;
+}
+
+/// Serves QUIC on a socket other than the worker's main one (the birthday method's
+/// winning socket): called with the socket and its diverted datagrams.
+pub type ServeExtra = Arc<dyn Fn(Arc<NatSocket>, mpsc::Receiver<Diverted>) + Send + Sync>;
+
+/// The symmetric worker's birthday method: punches from many sockets toward the client,
+/// and serves QUIC on the one the client's probe reaches, answering it with an echo.
+async fn worker_birthday(
+    bind_ip: IpAddr,
+    client: SocketAddr,
+    nonce: Nonce,
+    delay: Duration,
+    serve: ServeExtra,
+) {
+    tokio::time::sleep(delay).await;
+    let sockets = birthday_sockets(bind_ip, client, &nonce).await;
+    let until = tokio::time::Instant::now() + DEFAULT_PUNCH_DEADLINE * 2;
+    let Some((winner, from)) = birthday_match(sockets, nonce, until).await else {
+        debug!("no birthday match");
+        return;
+    };
+    let Ok((socket, rx)) = NatSocket::from_tokio(winner) else {
+        return;
+    };
+    debug!(%from, local = ?socket.local(), "birthday match: serving on its socket");
+    serve(socket.clone(), rx);
+    let echo = encode_punch(&nonce, true);
+    for _ in 0..3 {
+        let _ = socket.send_raw(&echo, from).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn punch(
@@ -451,6 +622,9 @@ pub struct Brokered {
     pub path: PathKind,
     /// Set to the broker's words when it closes this connection's relay circuit.
     pub closed_by_broker: watch::Receiver<Option<String>>,
+    /// The endpoint the connection runs on when it is not the caller's: the birthday
+    /// method's winning socket. Requests must go through this endpoint's connection.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Asks the broker at `config.broker` for a worker of `config.key` and connects to it
@@ -474,15 +648,9 @@ pub async fn connect_via_broker(
         rx,
         stash: VecDeque::new(),
     };
-    let tx: u64 = rand::random();
-    let (_, rtt) = inbox
-        .ask(
-            broker,
-            &BrokerMessage::Ping { tx },
-            tx,
-            config.broker_timeout,
-        )
-        .await?;
+    let (rtt, reflexive, alt) = inbox.mapping_check(broker, config.broker_timeout).await?;
+    let symmetric = matches!(alt, Some(a) if a != reflexive);
+    debug!(%reflexive, ?alt, symmetric, "mapping checked");
     let local = local_addrs(socket.local()?, broker);
     let tx: u64 = rand::random();
     let connect = BrokerMessage::Connect {
@@ -490,18 +658,20 @@ pub async fn connect_via_broker(
         key: config.key.clone(),
         local,
         rtt_ms: millis_u32(rtt).max(1),
+        symmetric,
     };
     let (answer, _) = inbox
         .ask(broker, &connect, tx, config.broker_timeout)
         .await?;
-    let (peer_reflexive, peer_local, nonce, delay_ms) = match answer {
+    let (peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric) = match answer {
         BrokerMessage::Introduce {
             peer_reflexive,
             peer_local,
             nonce,
             delay_ms,
+            peer_symmetric,
             ..
-        } => (peer_reflexive, peer_local, nonce, delay_ms),
+        } => (peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric),
         BrokerMessage::Refused { code, message, .. } => {
             return Err(BrokerError::Refused { code, message })
         }
@@ -510,17 +680,35 @@ pub async fn connect_via_broker(
     debug!(worker = %peer_reflexive, ?peer_local, delay_ms, "introduced");
     let (closed_tx, closed_rx) = watch::channel(None);
     let mut found = None;
+    let mut own_endpoint = None;
     if !config.force_relay {
         tokio::time::sleep(Duration::from_millis(delay_ms.into())).await;
-        found = punch_and_dial(
-            endpoint,
-            &mut inbox,
-            peer_reflexive,
-            &peer_local,
-            nonce,
-            config.punch_deadline,
-        )
-        .await;
+        if symmetric && !peer_symmetric {
+            let ip = socket.local()?.ip();
+            if let Some((connection, remote, endpoint)) =
+                client_birthday(ip, peer_reflexive, nonce, config.punch_deadline).await
+            {
+                found = Some((connection, remote));
+                own_endpoint = Some(endpoint);
+            }
+        } else {
+            if !symmetric && peer_symmetric {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(BIRTHDAY_PROBE_DELAY).await;
+                    birthday_probes(socket, peer_reflexive.ip(), nonce).await;
+                });
+            }
+            found = punch_and_dial(
+                endpoint,
+                &mut inbox,
+                peer_reflexive,
+                &peer_local,
+                nonce,
+                config.punch_deadline,
+            )
+            .await;
+        }
     }
     let (connection, remote, path) = match found {
         Some((connection, remote)) => {
@@ -564,6 +752,7 @@ pub async fn connect_via_broker(
         remote,
         path,
         closed_by_broker: closed_rx,
+        endpoint: own_endpoint,
     })
 }
 
@@ -580,6 +769,33 @@ async fn dial(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
     }
+}
+
+/// The symmetric client's birthday method: punches toward the worker from many sockets,
+/// and dials it from the one the worker's probe reaches.
+async fn client_birthday(
+    ip: IpAddr,
+    worker: SocketAddr,
+    nonce: Nonce,
+    deadline: Duration,
+) -> Option<(Connection, SocketAddr, Endpoint)> {
+    let until = tokio::time::Instant::now() + deadline;
+    let sockets = birthday_sockets(ip, worker, &nonce).await;
+    let (winner, from) = birthday_match(sockets, nonce, until).await?;
+    let _ = winner.send_to(&encode_punch(&nonce, true), from).await;
+    let (socket, _rx) = NatSocket::from_tokio(winner).ok()?;
+    let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
+    let endpoint = crate::transport::client_endpoint(
+        abstract_socket,
+        &crate::transport::QuicConfig::default(),
+    )
+    .ok()?;
+    debug!(%from, "birthday match: dialing from its socket");
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    let connection = dial(&endpoint, from, left.max(Duration::from_millis(500)))
+        .await
+        .ok()?;
+    Some((connection, from, endpoint))
 }
 
 /// Dials a relay circuit, watching for the broker closing it during the handshake.
@@ -647,9 +863,12 @@ async fn punch_and_dial(
             }
             d = inbox.next() => {
                 let (from, bytes) = d?;
-                if let Ok(Datagram::Punch(n)) = decode(&bytes) {
+                let decoded = decode(&bytes);
+                if let Ok(Datagram::Punch(n) | Datagram::PunchEcho(n)) = decoded {
                     if n == nonce {
-                        let _ = inbox.socket.send_raw(&encode_punch(&nonce, true), from).await;
+                        if matches!(decoded, Ok(Datagram::Punch(_))) {
+                            let _ = inbox.socket.send_raw(&encode_punch(&nonce, true), from).await;
+                        }
                         if dialed.insert(from) {
                             debug!(%from, "punch arrived: dialing its source");
                             spawn_dial(&mut dials, from);

@@ -87,6 +87,7 @@ struct Registration {
     addr: SocketAddr,
     local: Vec<SocketAddr>,
     rtt_ms: u32,
+    symmetric: bool,
     expires: Instant,
 }
 
@@ -177,6 +178,7 @@ impl Rendezvous {
                 key,
                 local,
                 rtt_ms,
+                symmetric,
             } => {
                 let expires = now + self.config.registration_ttl;
                 let entries = self.workers.entry(key).or_default();
@@ -185,12 +187,14 @@ impl Rendezvous {
                     Some(r) => {
                         r.local = local;
                         r.rtt_ms = rtt_ms;
+                        r.symmetric = symmetric;
                         r.expires = expires;
                     }
                     None => entries.push(Registration {
                         addr: from,
                         local,
                         rtt_ms,
+                        symmetric,
                         expires,
                     }),
                 }
@@ -208,7 +212,8 @@ impl Rendezvous {
                 key,
                 local,
                 rtt_ms,
-            } => self.introduce(now, from, tx, &key, local, rtt_ms),
+                symmetric,
+            } => self.introduce(now, from, tx, &key, local, rtt_ms, symmetric),
             BrokerMessage::RelayRequest { tx, nonce } => self.open_circuit(now, from, tx, nonce),
             // Answers and pushes are the broker's own kinds: a peer sending them is confused.
             BrokerMessage::Pong { tx, .. }
@@ -227,6 +232,7 @@ impl Rendezvous {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn introduce(
         &mut self,
         now: Instant,
@@ -235,6 +241,7 @@ impl Rendezvous {
         key: &str,
         local: Vec<SocketAddr>,
         client_rtt: u32,
+        client_symmetric: bool,
     ) -> Vec<(SocketAddr, BrokerMessage)> {
         let candidates = self.workers.get(key).map(Vec::as_slice).unwrap_or(&[]);
         if candidates.is_empty() {
@@ -270,6 +277,7 @@ impl Rendezvous {
                     peer_local: local,
                     nonce,
                     delay_ms: (slowest - worker.rtt_ms) / 2,
+                    peer_symmetric: client_symmetric,
                 },
             ),
             (
@@ -281,6 +289,7 @@ impl Rendezvous {
                     peer_local: worker.local,
                     nonce,
                     delay_ms: (slowest - client_rtt) / 2,
+                    peer_symmetric: worker.symmetric,
                 },
             ),
         ]
@@ -482,6 +491,7 @@ mod tests {
                 key: "k".into(),
                 local: vec![addr("10.0.0.2:4000")],
                 rtt_ms,
+                symmetric: false,
             },
         );
         assert!(
@@ -503,6 +513,7 @@ mod tests {
                 key: "k".into(),
                 local: vec![],
                 rtt_ms,
+                symmetric: true,
             },
         )
     }

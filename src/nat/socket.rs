@@ -78,7 +78,14 @@ impl NatSocket {
     /// returns the socket and the receiver of diverted datagrams. Needs a tokio runtime.
     pub fn bind(addr: SocketAddr) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>)> {
         let std = crate::transport::bind_udp(addr)?;
-        let io = tokio::net::UdpSocket::from_std(std)?;
+        Self::from_tokio(tokio::net::UdpSocket::from_std(std)?)
+    }
+
+    /// Wraps a socket that is already bound (for example the birthday method's winning
+    /// socket, whose NAT mapping is the one that got through).
+    pub fn from_tokio(
+        io: tokio::net::UdpSocket,
+    ) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>)> {
         let (tx, rx) = mpsc::channel(DIVERTED_QUEUE);
         Ok((
             Arc::new(Self {
