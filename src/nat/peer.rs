@@ -681,7 +681,12 @@ pub async fn connect_via_broker(
     let (closed_tx, closed_rx) = watch::channel(None);
     let mut found = None;
     let mut own_endpoint = None;
-    if !config.force_relay {
+    // Two endpoint-dependent mappings cannot be matched by punching: relay at once.
+    let hopeless = symmetric && peer_symmetric;
+    if hopeless {
+        debug!("both sides symmetric: straight to the relay");
+    }
+    if !config.force_relay && !hopeless {
         tokio::time::sleep(Duration::from_millis(delay_ms.into())).await;
         if symmetric && !peer_symmetric {
             let ip = socket.local()?.ip();
