@@ -119,3 +119,8 @@ pub const DEFAULT_PUNCH_COUNT: u32 = 40;
 
 /// Interval between retransmissions of a broker request that got no answer.
 pub const DEFAULT_BROKER_RETRY: Duration = Duration::from_millis(250);
+
+/// Introductions one IP may ask a broker for per minute: each makes a worker punch toward
+/// the asker, so an unlimited rate would let a spoofed source aim workers at a victim.
+/// A client connects once per session; 60 leaves room for many clients behind one NAT.
+pub const DEFAULT_CONNECTS_PER_MINUTE: u32 = 60;

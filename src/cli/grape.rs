@@ -68,6 +68,10 @@ pub struct GrapeArgs {
     /// Relay requests one IP address may make per minute.
     #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_RELAY_REQUESTS_PER_MINUTE, value_name = "N")]
     relay_rate: u32,
+    /// Introductions one IP address may ask for per minute (each makes a worker punch
+    /// toward the asker).
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_CONNECTS_PER_MINUTE, value_name = "N")]
+    introduction_rate: u32,
 }
 
 pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
@@ -119,6 +123,7 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
                 max_duration: relay_max_duration,
                 requests_per_minute: args.relay_rate,
             },
+            connects_per_minute: args.introduction_rate,
             ..RendezvousConfig::default()
         };
         let addr = SocketAddr::new(IpAddr::V4(args.bind), port);

@@ -26,8 +26,9 @@ use rand::{Rng, SeedableRng};
 
 use super::broker_proto::{BrokerMessage, Nonce, RefusalCode, Role, RELAY_HEADER_LEN};
 use crate::defaults::{
-    DEFAULT_INTRODUCTION_TTL, DEFAULT_REGISTRATION_TTL, DEFAULT_RELAY_MAX_BYTES,
-    DEFAULT_RELAY_MAX_CIRCUITS, DEFAULT_RELAY_MAX_DURATION, DEFAULT_RELAY_REQUESTS_PER_MINUTE,
+    DEFAULT_CONNECTS_PER_MINUTE, DEFAULT_INTRODUCTION_TTL, DEFAULT_REGISTRATION_TTL,
+    DEFAULT_RELAY_MAX_BYTES, DEFAULT_RELAY_MAX_CIRCUITS, DEFAULT_RELAY_MAX_DURATION,
+    DEFAULT_RELAY_REQUESTS_PER_MINUTE,
 };
 
 /// Limits of the broker's relay, after libp2p circuit relay v2's resource manager.
@@ -67,6 +68,10 @@ pub struct RendezvousConfig {
     pub introduction_ttl: Duration,
     /// The broker's second address answering STUN, told to peers in `Pong`.
     pub alt: Option<SocketAddr>,
+    /// Introductions one IP address may ask for per minute. Each makes a worker punch
+    /// toward the asker (up to 2048 probes for a symmetric one), so a spoofed source
+    /// must not turn the broker and its workers into an amplifier. Default 60.
+    pub connects_per_minute: u32,
     /// Relay limits.
     pub relay: RelayConfig,
 }
@@ -77,6 +82,7 @@ impl Default for RendezvousConfig {
             registration_ttl: DEFAULT_REGISTRATION_TTL,
             introduction_ttl: DEFAULT_INTRODUCTION_TTL,
             alt: None,
+            connects_per_minute: DEFAULT_CONNECTS_PER_MINUTE,
             relay: RelayConfig::default(),
         }
     }
@@ -125,6 +131,7 @@ pub struct Rendezvous {
     introductions: HashMap<Nonce, Introduction>,
     circuits: HashMap<u32, Circuit>,
     rate: HashMap<IpAddr, (Instant, u32)>,
+    connect_rate: HashMap<IpAddr, (Instant, u32)>,
     rng: StdRng,
 }
 
@@ -142,6 +149,7 @@ impl Rendezvous {
             introductions: HashMap::new(),
             circuits: HashMap::new(),
             rate: HashMap::new(),
+            connect_rate: HashMap::new(),
             rng,
         }
     }
@@ -243,6 +251,26 @@ impl Rendezvous {
         client_rtt: u32,
         client_symmetric: bool,
     ) -> Vec<(SocketAddr, BrokerMessage)> {
+        let window = self.connect_rate.entry(client.ip()).or_insert((now, 0));
+        if now.duration_since(window.0) >= Duration::from_secs(60) {
+            *window = (now, 0);
+        }
+        if window.1 >= self.config.connects_per_minute {
+            return vec![(
+                client,
+                refusal(
+                    tx,
+                    None,
+                    RefusalCode::RateLimited,
+                    &format!(
+                        "more than {} introductions asked from {} in a minute; wait and retry",
+                        self.config.connects_per_minute,
+                        client.ip()
+                    ),
+                ),
+            )];
+        }
+        window.1 += 1;
         let candidates = self.workers.get(key).map(Vec::as_slice).unwrap_or(&[]);
         if candidates.is_empty() {
             return vec![(
@@ -448,6 +476,8 @@ impl Rendezvous {
         self.introductions.retain(|_, i| i.expires > now);
         self.rate
             .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        self.connect_rate
+            .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
     }
 }
 
@@ -556,6 +586,28 @@ mod tests {
         assert_eq!(peer_local, &vec![addr("10.0.0.2:4000")]);
         // The worker is 40 ms away, the client 10: the client waits (40-10)/2 = 15 ms.
         assert_eq!((*dw, *dc), (0, 15));
+    }
+
+    #[test]
+    fn introductions_are_rate_limited_per_ip() {
+        let mut r = Rendezvous::with_rng(
+            RendezvousConfig {
+                connects_per_minute: 2,
+                ..RendezvousConfig::default()
+            },
+            StdRng::seed_from_u64(3),
+        );
+        let now = Instant::now();
+        register(&mut r, now, addr("203.0.113.1:1000"), 0);
+        let client = addr("198.51.100.9:1");
+        assert_eq!(connect(&mut r, now, client, 0).len(), 2);
+        assert_eq!(connect(&mut r, now, addr("198.51.100.9:2"), 0).len(), 2);
+        let out = connect(&mut r, now, client, 0);
+        assert!(
+            matches!(out[..], [(to, BrokerMessage::Refused { code: RefusalCode::RateLimited, .. })] if to == client)
+        );
+        // Another IP is not affected.
+        assert_eq!(connect(&mut r, now, addr("198.51.100.10:1"), 0).len(), 2);
     }
 
     #[test]
