@@ -844,6 +844,13 @@ async fn punch_and_dial(
     deadline: Duration,
 ) -> Option<(Connection, SocketAddr)> {
     let until = tokio::time::Instant::now() + deadline;
+    // A raw punch leaves at once, well before the QUIC Initial is built: the sooner our
+    // NAT has the mapping, the less a router that accepts WAN input can be poisoned by
+    // the worker's punches (docs/protocol.md §5.4).
+    let punch = encode_punch(&nonce, false);
+    for addr in std::iter::once(reflexive).chain(local.iter().copied()) {
+        let _ = inbox.socket.send_raw(&punch, addr).await;
+    }
     let mut dials = JoinSet::new();
     let mut dialed: HashSet<SocketAddr> = HashSet::new();
     let spawn_dial = |dials: &mut JoinSet<_>, addr: SocketAddr| {
