@@ -337,7 +337,111 @@ mod tests {
         );
     }
 
+    fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        ]
+    }
+
+    fn any_message() -> impl Strategy<Value = BrokerMessage> {
+        let addrs = || proptest::collection::vec(any_addr(), 0..8);
+        prop_oneof![
+            any::<u64>().prop_map(|tx| BrokerMessage::Ping { tx }),
+            (any::<u64>(), any_addr(), proptest::option::of(any_addr()))
+                .prop_map(|(tx, reflexive, alt)| BrokerMessage::Pong { tx, reflexive, alt }),
+            (
+                any::<u64>(),
+                "[a-z_]{1,40}",
+                addrs(),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(tx, key, local, rtt_ms, symmetric)| {
+                    BrokerMessage::Register {
+                        tx,
+                        key,
+                        local,
+                        rtt_ms,
+                        symmetric,
+                    }
+                }),
+            (any::<u64>(), any_addr(), any::<u32>()).prop_map(|(tx, reflexive, expires_ms)| {
+                BrokerMessage::Registered {
+                    tx,
+                    reflexive,
+                    expires_ms,
+                }
+            }),
+            (
+                any::<u64>(),
+                ".{0,40}",
+                addrs(),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(tx, key, local, rtt_ms, symmetric)| {
+                    BrokerMessage::Connect {
+                        tx,
+                        key,
+                        local,
+                        rtt_ms,
+                        symmetric,
+                    }
+                }),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                any_addr(),
+                addrs(),
+                any::<Nonce>(),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(tx, dial, peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric)| {
+                        BrokerMessage::Introduce {
+                            tx,
+                            role: if dial { Role::Dial } else { Role::Punch },
+                            peer_reflexive,
+                            peer_local,
+                            nonce,
+                            delay_ms,
+                            peer_symmetric,
+                        }
+                    }
+                ),
+            (any::<u64>(), any::<Nonce>())
+                .prop_map(|(tx, nonce)| BrokerMessage::RelayRequest { tx, nonce }),
+            (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(tx, circuit, max_bytes, max_ms)| BrokerMessage::RelayGranted {
+                    tx,
+                    circuit,
+                    max_bytes,
+                    max_ms
+                }
+            ),
+            (any::<u64>(), proptest::option::of(any::<u32>()), ".{0,80}").prop_map(
+                |(tx, circuit, message)| {
+                    BrokerMessage::Refused {
+                        tx,
+                        circuit,
+                        code: RefusalCode::RelayFull,
+                        message,
+                    }
+                }
+            ),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn every_broker_message_round_trips(message in any_message()) {
+            let bytes = encode_broker(&message);
+            prop_assert!(bytes[0] < 0x40);
+            prop_assert_eq!(decode(&bytes), Ok(Datagram::Broker(message)));
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&bytes);

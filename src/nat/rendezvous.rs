@@ -584,6 +584,21 @@ mod tests {
         assert_eq!(nw, nc);
         assert_eq!(*tx, 42);
         assert_eq!(peer_local, &vec![addr("10.0.0.2:4000")]);
+        // The client said it is symmetric: the worker learns it (birthday method).
+        assert!(matches!(
+            out[0].1,
+            BrokerMessage::Introduce {
+                peer_symmetric: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            out[1].1,
+            BrokerMessage::Introduce {
+                peer_symmetric: false,
+                ..
+            }
+        ));
         // The worker is 40 ms away, the client 10: the client waits (40-10)/2 = 15 ms.
         assert_eq!((*dw, *dc), (0, 15));
     }
