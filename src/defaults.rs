@@ -93,3 +93,50 @@ pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
 /// from lookups after two failed probes (60 s) plus the rest of the grapes' announce
 /// window (up to 256 s), which dominates; probing more often would only load the node.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the broker keeps a worker's registration without a refresh: three keep-alive
+/// intervals, so that two lost refreshes in a row do not drop it.
+pub const DEFAULT_REGISTRATION_TTL: Duration = Duration::from_secs(45);
+
+/// How often a worker refreshes its broker registration: shorter than the 30 s many home
+/// routers keep an idle UDP mapping, so the mapping the broker saw stays the one in use.
+pub const DEFAULT_REGISTRATION_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long an introduction can still become a relay circuit: a client asks for the
+/// relay within its punch deadline, a few seconds at most.
+pub const DEFAULT_INTRODUCTION_TTL: Duration = Duration::from_secs(30);
+
+/// Relay circuits open at once on one broker (libp2p circuit relay v2 defaults to 16
+/// per peer; a grape serves many peers with small RPC traffic).
+pub const DEFAULT_RELAY_MAX_CIRCUITS: usize = 64;
+
+/// Bytes one relay circuit may carry, both directions together. libp2p's default is
+/// 128 KiB per circuit for connection upgrades; RPC answers run to megabytes, so more.
+pub const DEFAULT_RELAY_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long one relay circuit may last (libp2p's default is 2 min; RPC sessions are
+/// longer-lived, yet a relay must not become a permanent tunnel).
+pub const DEFAULT_RELAY_MAX_DURATION: Duration = Duration::from_secs(600);
+
+/// Relay requests one IP may make per minute: enough for a few clients behind one NAT
+/// retrying, few enough that one host cannot monopolise the relay.
+pub const DEFAULT_RELAY_REQUESTS_PER_MINUTE: u32 = 30;
+
+/// How long a client tries to open a direct (punched) path after an introduction before
+/// it asks the broker to relay. A punch on a real NAT opens in a few to ~60 ms (birthday
+/// method); a lost Initial is resent after about 3 × the initial RTT (300 ms).
+pub const DEFAULT_PUNCH_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Interval between punches of the worker's bounded punch schedule, at first.
+pub const DEFAULT_PUNCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How many punches a worker sends per introduction at most (about 2 s of punching with
+/// the schedule's back-off).
+pub const DEFAULT_PUNCH_COUNT: u32 = 40;
+
+/// Interval between retransmissions of a broker request that got no answer.
+pub const DEFAULT_BROKER_RETRY: Duration = Duration::from_millis(250);
+
+/// Introductions one IP may ask a broker for per minute: each makes a worker punch toward
+/// the asker, so an unlimited rate would let a spoofed source aim workers at a victim.
+/// A client connects once per session; 60 leaves room for many clients behind one NAT.
+pub const DEFAULT_CONNECTS_PER_MINUTE: u32 = 60;

@@ -22,6 +22,7 @@
 //! - [`health`]: a worker announces only while its node answers.
 //! - [`limits`]: per-client rate limiting of a worker's handler.
 //! - [`metrics`]: Prometheus metrics of a worker and the `/metrics` endpoint.
+//! - [`nat`]: NAT traversal: STUN, the broker (rendezvous and relay), hole punching.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod nano;
+pub mod nat;
 pub mod rpc;
 pub mod service;
 pub mod transport;

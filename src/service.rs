@@ -59,3 +59,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request. Called concurrently, once per stream.
     fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
 }
+
+/// A shared handler serves as itself (a worker serving several endpoints shares one).
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send {
+        (**self).handle(request)
+    }
+}

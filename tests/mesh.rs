@@ -223,10 +223,17 @@ async fn stdin_session_answers_one_line_per_request_on_one_connection() {
     assert_eq!(lines[2]["seconds"], "74");
     assert_eq!(lines[3]["code"], "action_not_allowed");
     assert_eq!(lines[4]["status"], 422);
-    // -v names the worker for each answer; the connection was made once and reused.
+    // -v gives one path line per answer (block_count, uptime, account_info's 422).
     let err = stderr(&output);
-    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert!(err.contains("connect reused"), "{err}");
+    let prefix = format!("nano-connect: path=direct worker=127.0.0.1:{port} elapsed_ms=");
+    let paths: Vec<&str> = err.lines().filter(|l| l.contains("path=")).collect();
+    assert_eq!(paths.len(), 3, "{err}");
+    for line in paths {
+        let ms = line
+            .strip_prefix(&prefix)
+            .expect("the documented -v format");
+        assert!(ms.parse::<f64>().is_ok_and(|ms| ms >= 0.0), "{line}");
+    }
     assert_eq!(
         mesh.stub.received().len(),
         3,

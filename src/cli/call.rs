@@ -1,16 +1,25 @@
 //! `nano-connect call`: send Nano RPC requests through the mesh.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::frame::ErrorCode;
 use nano_connect::link::Link;
+use nano_connect::nat::broker_proto::RefusalCode;
+use nano_connect::nat::peer::{
+    broker_of, connect_via_broker, BrokerError, Brokered, ConnectConfig, PathKind,
+};
+use nano_connect::nat::socket::{Diverted, NatSocket};
 use nano_connect::nano::retry::{failover_safe, options_for};
 use nano_connect::rpc::quorum::{request_quorum, QuorumError};
 use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
+use nano_connect::transport::client_endpoint;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::exit;
 
@@ -34,6 +43,13 @@ use super::exit;
 ///
 /// Read-only actions are retried on another worker when one fails; process,
 /// work_generate and block_confirm are sent to one worker only.
+///
+/// With -v, one line per answer on stderr:
+///   nano-connect: path=direct|punched|relayed worker=IP:PORT elapsed_ms=N.N
+/// direct: QUIC went straight to an address the worker listens on (no NAT in front of
+/// it); punched: through the worker's NAT, opened by hole punching; relayed: through the
+/// broker. elapsed_ms runs from the start of the command to the first answer, then from
+/// each request's start.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CallArgs {
@@ -49,11 +65,23 @@ pub struct CallArgs {
     /// Milliseconds allowed for each request, lookup and failover included.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
+    /// Find a worker through the broker of the grape whose DHT address is HOST:PORT
+    /// (the broker listens on PORT + 1) instead of a lookup through --grape: reaches
+    /// workers behind NATs directly, by hole punching, or through the broker's relay.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
     /// Ask N distinct workers and print the answer only when a strict majority of them
     /// agree byte for byte (1: no quorum). Defends against a lying worker. Read-only
     /// actions only: process, work_generate and block_confirm still go to one worker.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15))]
+    /// Needs --grape (a broker introduces one worker).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=15), conflicts_with = "broker")]
     quorum: u16,
+    /// Skip hole punching and use the broker's relay at once (tests).
+    #[arg(long, hide = true, requires = "broker")]
+    force_relay: bool,
+    /// Milliseconds to open a direct path before asking the broker to relay.
+    #[arg(long, hide = true, value_name = "MS", default_value_t = nano_connect::defaults::DEFAULT_PUNCH_DEADLINE.as_millis() as u64)]
+    punch_deadline: u64,
     /// The Nano RPC action, for example block_count.
     action: Option<String>,
     /// Request fields as NAME=VALUE.
@@ -92,6 +120,7 @@ fn request_body(args: &CallArgs) -> Result<Option<Vec<u8>>, String> {
 }
 
 pub async fn run(args: CallArgs, verbose: u8) -> u8 {
+    let started = Instant::now();
     let body = match request_body(&args) {
         Ok(body) => body,
         Err(e) => {
@@ -103,22 +132,57 @@ pub async fn run(args: CallArgs, verbose: u8) -> u8 {
         request_timeout: Duration::from_millis(args.timeout),
         ..RpcClientConfig::default()
     };
-    let client = match RpcClient::new(Some(Link::new(&args.grape)), config) {
-        Ok(client) => client,
+    let target = match &args.broker {
+        Some(broker) => Target::broker(broker, &args, config),
+        None => RpcClient::new(Some(Link::new(&args.grape)), config)
+            .map(|client| Target::Grape {
+                client,
+                quorum: args.quorum,
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let mut target = match target {
+        Ok(target) => target,
         Err(e) => {
             eprintln!("nano-connect: {e}");
             return exit::FAILURE;
         }
     };
     let code = match body {
-        Some(body) => one(&client, &args.service, &body, args.quorum, verbose).await,
-        None => session(&client, &args.service, args.quorum, verbose).await,
+        Some(body) => one(&mut target, &args.service, &body, verbose, started).await,
+        None => session(&mut target, &args.service, verbose, started).await,
     };
-    client.close(Duration::from_millis(200)).await;
+    target.client().close(Duration::from_millis(200)).await;
     code
 }
 
-/// One request: with failover for read-only actions, or to `quorum` workers.
+/// A request that got no answer: the line for people, the exit code, the short name.
+struct Failure {
+    message: String,
+    code: u8,
+    name: &'static str,
+}
+
+impl From<QuorumError> for Failure {
+    fn from(e: QuorumError) -> Self {
+        match e {
+            QuorumError::Call(e) => e.into(),
+            QuorumError::Disagreement(_) => Self {
+                message: e.to_string(),
+                code: exit::NO_QUORUM,
+                name: "disagreement",
+            },
+            other => Self {
+                message: other.to_string(),
+                code: exit::NO_QUORUM,
+                name: "no_quorum",
+            },
+        }
+    }
+}
+
+/// One request through a grape lookup: with failover for read-only actions, or to
+/// `quorum` workers.
 async fn send(
     client: &RpcClient,
     key: &str,
@@ -134,11 +198,150 @@ async fn send(
     }
 }
 
-async fn one(client: &RpcClient, key: &str, body: &[u8], quorum: u16, verbose: u8) -> u8 {
-    match send(client, key, body, quorum).await {
-        Ok(answer) => {
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Self {
+            message: e.to_string(),
+            code: exit_code(&e),
+            name: error_name(&e),
+        }
+    }
+}
+
+/// Where requests go: workers looked up through a grape, or one worker reached
+/// through a broker.
+#[allow(clippy::large_enum_variant)] // one per process
+enum Target {
+    Grape {
+        client: RpcClient,
+        quorum: u16,
+    },
+    Broker {
+        client: RpcClient,
+        socket: Arc<NatSocket>,
+        diverted: Option<mpsc::Receiver<Diverted>>,
+        config: ConnectConfig,
+        connected: Option<Brokered>,
+    },
+}
+
+impl Target {
+    fn broker(broker: &str, args: &CallArgs, config: RpcClientConfig) -> Result<Self, String> {
+        let broker = broker_of(broker).map_err(|e| e.to_string())?;
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let (socket, diverted) =
+            NatSocket::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+        let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
+        let endpoint = client_endpoint(abstract_socket, &config.quic).map_err(|e| e.to_string())?;
+        let mut connect = ConnectConfig::new(broker, args.service.clone());
+        connect.force_relay = args.force_relay;
+        connect.punch_deadline = Duration::from_millis(args.punch_deadline);
+        Ok(Self::Broker {
+            client: RpcClient::with_endpoint(endpoint, None, config),
+            socket,
+            diverted: Some(diverted),
+            config: connect,
+            connected: None,
+        })
+    }
+
+    fn client(&self) -> &RpcClient {
+        match self {
+            Self::Grape { client, .. } | Self::Broker { client, .. } => client,
+        }
+    }
+
+    /// Sends one request; returns the answer and the path it took.
+    async fn request(
+        &mut self,
+        key: &str,
+        body: &[u8],
+    ) -> Result<(Answer, PathKind, SocketAddr), Failure> {
+        match self {
+            Self::Grape { client, quorum } => {
+                let answer = send(client, key, body, *quorum).await?;
+                let worker = answer.worker;
+                Ok((answer, PathKind::Direct, worker))
+            }
+            Self::Broker {
+                client,
+                socket,
+                diverted,
+                config,
+                connected,
+            } => {
+                let after = client.config().request_timeout;
+                let deadline = tokio::time::Instant::now() + after;
+                if connected.is_none() {
+                    let Some(rx) = diverted.take() else {
+                        return Err(Failure {
+                            message: "the connection to the worker was lost".into(),
+                            code: exit::UNREACHABLE,
+                            name: "unreachable",
+                        });
+                    };
+                    let made = tokio::time::timeout_at(
+                        deadline,
+                        connect_via_broker(client.endpoint(), socket.clone(), rx, config),
+                    )
+                    .await
+                    .map_err(|_| Failure::from(CallError::Timeout { after }))?;
+                    let mut brokered = made.map_err(broker_failure)?;
+                    if let Some(endpoint) = brokered.endpoint.take() {
+                        // The birthday method's socket carries this connection.
+                        *client = RpcClient::with_endpoint(endpoint, None, client.config().clone());
+                    }
+                    client.adopt(brokered.remote, brokered.connection.clone());
+                    *connected = Some(brokered);
+                }
+                let Some(brokered) = connected.as_mut() else {
+                    return Err(Failure::from(CallError::Timeout { after }));
+                };
+                let mut closed = brokered.closed_by_broker.clone();
+                let remote = brokered.remote;
+                tokio::select! {
+                    answer = client.request_addr(remote, key, body) => {
+                        Ok((answer?, brokered.path, brokered.worker))
+                    }
+                    message = async {
+                        match closed.wait_for(Option::is_some).await {
+                            Ok(m) => m.clone().unwrap_or_default(),
+                            // The listener ended with the connection: the request sees that.
+                            Err(_) => std::future::pending().await,
+                        }
+                    } => {
+                        Err(Failure { message, code: exit::UNREACHABLE, name: "relay_closed" })
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        Err(Failure::from(CallError::Timeout { after }))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn broker_failure(e: BrokerError) -> Failure {
+    let (code, name) = match &e {
+        BrokerError::Refused {
+            code: RefusalCode::NoWorker,
+            ..
+        } => (exit::NO_WORKER, "no_worker"),
+        BrokerError::Address(_) => (exit::USAGE, "usage"),
+        _ => (exit::UNREACHABLE, "unreachable"),
+    };
+    Failure {
+        message: e.to_string(),
+        code,
+        name,
+    }
+}
+
+async fn one(target: &mut Target, key: &str, body: &[u8], verbose: u8, started: Instant) -> u8 {
+    match target.request(key, body).await {
+        Ok((answer, path, worker)) => {
             if verbose > 0 {
-                describe_path(&answer);
+                describe_path(path, worker, started.elapsed());
             }
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(&answer.body);
@@ -155,15 +358,15 @@ async fn one(client: &RpcClient, key: &str, body: &[u8], quorum: u16, verbose: u
             }
         }
         Err(e) => {
-            eprintln!("nano-connect: {e}");
-            exit_code(&e)
+            eprintln!("nano-connect: {}", e.message);
+            e.code
         }
     }
 }
 
 /// Reads one JSON request per line from stdin and prints one answer line for each.
 /// Returns the exit code of the last failure, or 0.
-async fn session(client: &RpcClient, key: &str, quorum: u16, verbose: u8) -> u8 {
+async fn session(target: &mut Target, key: &str, verbose: u8, started: Instant) -> u8 {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("nano-connect: one JSON request per line, e.g. {{\"action\":\"block_count\"}}; Ctrl-D ends");
@@ -179,6 +382,7 @@ async fn session(client: &RpcClient, key: &str, quorum: u16, verbose: u8) -> u8 
         }
     });
     let mut code = exit::OK;
+    let mut first = true;
     loop {
         if interactive {
             eprint!("> ");
@@ -192,24 +396,24 @@ async fn session(client: &RpcClient, key: &str, quorum: u16, verbose: u8) -> u8 
         if line.is_empty() {
             continue;
         }
+        let since = if first { started } else { Instant::now() };
         let output = match serde_json::from_str::<Value>(line) {
-            Ok(value) if value.is_object() => {
-                match send(client, key, line.as_bytes(), quorum).await {
-                    Ok(answer) => {
-                        if verbose > 0 {
-                            describe_path(&answer);
-                        }
-                        if node_error(&answer).is_some() {
-                            code = exit::NODE_ERROR;
-                        }
-                        one_line(&answer)
+            Ok(value) if value.is_object() => match target.request(key, line.as_bytes()).await {
+                Ok((answer, path, worker)) => {
+                    first = false;
+                    if verbose > 0 {
+                        describe_path(path, worker, since.elapsed());
                     }
-                    Err(e) => {
-                        code = exit_code(&e);
-                        error_line(&e.to_string(), error_name(&e))
+                    if node_error(&answer).is_some() {
+                        code = exit::NODE_ERROR;
                     }
+                    one_line(&answer)
                 }
-            }
+                Err(e) => {
+                    code = e.code;
+                    error_line(&e.message, e.name)
+                }
+            },
             _ => {
                 code = exit::USAGE;
                 error_line("not a JSON object", "invalid_request")
@@ -250,27 +454,17 @@ fn node_error(answer: &Answer) -> Option<String> {
     })
 }
 
-fn describe_path(answer: &Answer) {
-    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+/// The `-v` line: which path carried the answer, from which worker, how long it took.
+fn describe_path(path: PathKind, worker: SocketAddr, elapsed: Duration) {
     eprintln!(
-        "nano-connect: answered by {} over a direct QUIC path; lookup {}, connect {}, exchange {}{}",
-        answer.worker,
-        ms(answer.lookup),
-        answer.connect.map_or("reused".to_string(), ms),
-        ms(answer.exchange),
-        if answer.failovers > 0 {
-            format!(", after {} failed worker(s)", answer.failovers)
-        } else {
-            String::new()
-        }
+        "nano-connect: path={} worker={} elapsed_ms={:.1}",
+        path.as_str(),
+        worker,
+        elapsed.as_secs_f64() * 1e3
     );
 }
 
-fn exit_code(e: &QuorumError) -> u8 {
-    let e = match e {
-        QuorumError::Call(e) => e,
-        _ => return exit::NO_QUORUM,
-    };
+fn exit_code(e: &CallError) -> u8 {
     match e {
         CallError::Refused { error, .. } => match error.code {
             ErrorCode::UpstreamUnreachable | ErrorCode::UpstreamTimeout => exit::UNREACHABLE,
@@ -283,12 +477,7 @@ fn exit_code(e: &QuorumError) -> u8 {
     }
 }
 
-fn error_name(e: &QuorumError) -> &'static str {
-    let e = match e {
-        QuorumError::Call(e) => e,
-        QuorumError::Disagreement(_) => return "disagreement",
-        _ => return "no_quorum",
-    };
+fn error_name(e: &CallError) -> &'static str {
     match e {
         CallError::Refused { error, .. } => error.code.as_str(),
         CallError::NoWorkers { .. } => "no_worker",

@@ -1,11 +1,13 @@
 //! `nano-connect grape`: a DHT node with the Grenache HTTP API.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use grape::{Grape, GrapeConfig};
+use nano_connect::nat::broker::Broker;
+use nano_connect::nat::rendezvous::{RelayConfig, RendezvousConfig};
 use tracing::info;
 
 /// Run a grape: a BitTorrent mainline DHT node (BEP 5, BEP 44) in server mode, and the
@@ -47,6 +49,33 @@ pub struct GrapeArgs {
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// UDP port of the broker (STUN Binding, rendezvous and relay for peers behind NATs),
+    /// on --bind. Default: the DHT port + 1, where clients given only `--broker
+    /// HOST:DHT_PORT` look for it. 0 = any free port.
+    #[arg(long, value_name = "PORT")]
+    broker_port: Option<u16>,
+    /// Do not run the broker.
+    #[arg(long)]
+    no_broker: bool,
+    /// Do not relay for peers that cannot punch (the broker still introduces them).
+    #[arg(long)]
+    no_relay: bool,
+    /// Bytes one relay circuit may carry, both ways together.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_RELAY_MAX_BYTES, value_name = "BYTES")]
+    relay_max_bytes: u64,
+    /// Seconds one relay circuit may last.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_RELAY_MAX_DURATION.as_secs_f64(), value_name = "SECS")]
+    relay_max_secs: f64,
+    /// Relay circuits open at once.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_RELAY_MAX_CIRCUITS, value_name = "N")]
+    relay_max_circuits: usize,
+    /// Relay requests one IP address may make per minute.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_RELAY_REQUESTS_PER_MINUTE, value_name = "N")]
+    relay_rate: u32,
+    /// Introductions one IP address may ask for per minute (each makes a worker punch
+    /// toward the asker).
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_CONNECTS_PER_MINUTE, value_name = "N")]
+    introduction_rate: u32,
 }
 
 pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
@@ -77,7 +106,6 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
     let grape = Grape::start(config)
         .await
         .context("cannot start the grape")?;
-    info!(dht = %grape.dht_addr(), api = %grape.api_addr(), "grape serving");
     let stop_metrics = tokio_util::sync::CancellationToken::new();
     let metrics_addr =
         match args.metrics {
@@ -99,15 +127,53 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-    super::emit(serde_json::json!({
+    let broker = if args.no_broker {
+        None
+    } else {
+        let relay_max_duration = Duration::try_from_secs_f64(args.relay_max_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--relay-max-secs must be a positive number of seconds")?;
+        let port = match args.broker_port {
+            Some(port) => port,
+            None => grape.dht_addr().port().checked_add(1).context(
+                "the DHT port is 65535, so the broker cannot use DHT port + 1: give --broker-port",
+            )?,
+        };
+        let config = RendezvousConfig {
+            relay: RelayConfig {
+                enabled: !args.no_relay,
+                max_circuits: args.relay_max_circuits,
+                max_bytes: args.relay_max_bytes,
+                max_duration: relay_max_duration,
+                requests_per_minute: args.relay_rate,
+            },
+            connects_per_minute: args.introduction_rate,
+            ..RendezvousConfig::default()
+        };
+        let addr = SocketAddr::new(IpAddr::V4(args.bind), port);
+        Some(Broker::bind(addr, config).with_context(|| {
+            format!("cannot start the broker on UDP {addr} (give another --broker-port, or --no-broker)")
+        })?)
+    };
+    info!(dht = %grape.dht_addr(), api = %grape.api_addr(), broker = ?broker.as_ref().map(Broker::addr), "grape serving");
+    let mut event = serde_json::json!({
         "event": "listening",
         "dht": grape.dht_addr().to_string(),
         "api": grape.api_addr().to_string(),
         "metrics": metrics_addr,
-    }));
+    });
+    if let Some(broker) = &broker {
+        event["broker"] = broker.addr().to_string().into();
+        event["broker_alt"] = broker.alt_addr().to_string().into();
+    }
+    super::emit(event);
     super::shutdown_signal().await;
     stop_metrics.cancel();
     info!("shutting down");
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
     grape.shutdown().await;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod call;
 mod demo;
 mod gateway;
 mod grape;
+mod netcheck;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +41,8 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(name = "nano-connect", version, propagate_version = true)]
 pub struct Cli {
-    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    /// More log output on stderr (-v: debug, -vv: trace; for call and demo, -v adds their
+    /// own detail lines and -vv debug logs). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Only errors on stderr.
@@ -57,13 +59,17 @@ enum Command {
     Call(call::CallArgs),
     Demo(demo::DemoArgs),
     Gateway(gateway::GatewayArgs),
+    Netcheck(netcheck::NetcheckArgs),
 }
 
 impl Cli {
     /// Whether the subcommand prints its own report on stdout, so that routine logs
     /// would only clutter it.
     pub fn reports_itself(&self) -> bool {
-        matches!(self.command, Command::Demo(_) | Command::Call(_))
+        matches!(
+            self.command,
+            Command::Demo(_) | Command::Call(_) | Command::Netcheck(_)
+        )
     }
 }
 
@@ -72,7 +78,9 @@ impl Cli {
 pub fn init_logging(verbose: u8, quiet: bool, terse: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) if terse => "warn",
+        // -v is the report's own detail for commands that report on stdout; -vv logs.
+        (false, 0 | 1) if terse => "warn",
+        (false, 2) if terse => "info,nano_connect=debug,grape=debug",
         (false, 0) => "warn,nano_connect=info,grape=info",
         (false, 1) => "info,nano_connect=debug,grape=debug",
         (false, _) => "debug,nano_connect=trace,grape=trace",
@@ -93,6 +101,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Call(args) => return call::run(args, cli.verbose).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
+        Command::Netcheck(args) => netcheck::run(args).await,
     };
     match result {
         Ok(()) => exit::OK,

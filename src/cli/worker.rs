@@ -14,7 +14,10 @@ use nano_connect::link::Link;
 use nano_connect::metrics::{Exposition, WorkerMetrics};
 use nano_connect::nano::config::{self as nano_config, NanoService, NanoServiceConfig, WorkerFile};
 use nano_connect::nano::NanoRelay;
+use nano_connect::nat::peer::{broker_of, run_worker_agent, ServeExtra, WorkerAgentConfig};
+use nano_connect::nat::socket::NatSocket;
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
+use nano_connect::transport::server_endpoint;
 use nano_connect::service::{Handler, Reply, Request};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -97,6 +100,13 @@ pub struct WorkerArgs {
     /// failed probes in a row and starts again after one good one.
     #[arg(long, default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64(), value_name = "SECS")]
     health_interval: f64,
+    /// Register KEY with the broker of the grape whose DHT address is HOST:PORT (the
+    /// broker listens on PORT + 1), instead of announcing through --grape: for a worker
+    /// behind a NAT. Clients then reach it with `call --broker HOST:PORT`, directly, by
+    /// hole punching, or through the broker's relay. Prints one more JSON line
+    /// `{"event":"registered","broker":...,"reflexive":...}` once registered.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
     /// What to serve: the Nano RPC relay, or the Grenache tutorial's fibonacci service
     /// (for trying the mesh without a node).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
@@ -182,6 +192,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(streams) = args.max_streams.or(file.limits.max_concurrent_streams) {
         anyhow::ensure!(streams > 0, "--max-streams must be at least 1");
         config.quic.max_concurrent_streams = streams;
+    }
+    if let Some(broker) = &args.broker {
+        return run_brokered(&args, broker, config, service).await;
     }
     let server = RpcServer::bind(SocketAddr::new(args.bind, args.port), config, service)
         .await
@@ -296,4 +309,76 @@ fn nano_settings(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Result<NanoSer
         config.cache_entries = entries;
     }
     Ok(config)
+}
+
+/// A worker registered with a broker: QUIC and the broker protocol share one socket, so
+/// the broker sees the mapping that QUIC uses.
+async fn run_brokered(
+    args: &WorkerArgs,
+    broker: &str,
+    config: RpcServerConfig,
+    service: WorkerService,
+) -> anyhow::Result<()> {
+    let broker = broker_of(broker).context("--broker")?;
+    let bind = SocketAddr::new(args.bind, args.port);
+    let (socket, diverted) =
+        NatSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
+    let endpoint =
+        server_endpoint(abstract_socket, &config.quic).context("cannot start the worker")?;
+    let service = Arc::new(service);
+    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
+    let addr = server.local_addr();
+    info!(%addr, key = %args.announce, %broker, "worker serving through a broker");
+    // Servers on the birthday method's winning sockets (symmetric NAT in front of us).
+    let extra: Arc<std::sync::Mutex<Vec<RpcServer>>> = Arc::default();
+    let serve_extra: ServeExtra = {
+        let extra = extra.clone();
+        Arc::new(move |socket: Arc<NatSocket>, _diverted| {
+            let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
+            match server_endpoint(abstract_socket, &config.quic) {
+                Ok(endpoint) => {
+                    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
+                    if let Ok(mut extra) = extra.lock() {
+                        extra.push(server);
+                    }
+                }
+                Err(e) => warn!(%e, "cannot serve on the birthday socket"),
+            }
+        })
+    };
+    super::emit(serde_json::json!({
+        "event": "listening",
+        "addr": addr.to_string(),
+        "port": addr.port(),
+        "key": args.announce,
+    }));
+    let cancel = CancellationToken::new();
+    let agent = tokio::spawn(run_worker_agent(
+        socket,
+        diverted,
+        WorkerAgentConfig::new(broker, args.announce.clone()),
+        cancel.clone(),
+        |broker, reflexive| {
+            super::emit(serde_json::json!({
+                "event": "registered",
+                "broker": broker.to_string(),
+                "reflexive": reflexive.to_string(),
+            }))
+        },
+        Some(serve_extra),
+    ));
+    super::shutdown_signal().await;
+    info!("shutting down");
+    cancel.cancel();
+    let _ = agent.await;
+    let extra: Vec<RpcServer> = extra
+        .lock()
+        .map(|mut e| e.drain(..).collect())
+        .unwrap_or_default();
+    for server in extra {
+        server.shutdown(Duration::from_millis(200)).await;
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+    Ok(())
 }

@@ -230,6 +230,14 @@ impl RpcClient {
         &self.endpoint
     }
 
+    /// Uses `connection` (made on this client's endpoint, for example through a broker)
+    /// for requests to `addr` from now on.
+    pub fn adopt(&self, addr: SocketAddr, connection: Connection) {
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.insert(addr, connection);
+        }
+    }
+
     /// Sends `body` to a worker of `key` and returns its answer.
     ///
     /// Looks the key up, prefers a worker with an open connection, and moves on to

@@ -5,5 +5,5 @@ mod quic;
 mod socket;
 
 pub(crate) use quic::SERVER_NAME;
-pub use quic::{client_endpoint, server_endpoint, QuicConfig, TransportError};
+pub use quic::{client_endpoint, server_endpoint, EndpointSocket, QuicConfig, TransportError};
 pub use socket::bind_udp;

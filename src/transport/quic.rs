@@ -99,25 +99,56 @@ fn endpoint_config() -> EndpointConfig {
     config
 }
 
+/// Where an endpoint runs: a plain UDP socket, or a wrapper such as the NAT-traversal
+/// socket that shares the port with other traffic.
+pub enum EndpointSocket {
+    /// A plain UDP socket (non-blocking).
+    Plain(UdpSocket),
+    /// A socket wrapper handed to quinn as is.
+    Abstract(Arc<dyn quinn::AsyncUdpSocket>),
+}
+
 fn endpoint_on(
-    socket: UdpSocket,
+    socket: impl Into<EndpointSocket>,
     server: Option<ServerConfig>,
 ) -> Result<Endpoint, TransportError> {
-    let addr = socket
-        .local_addr()
-        .map_err(|e| TransportError::Setup(e.to_string()))?;
-    Endpoint::new(
-        endpoint_config(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| TransportError::Bind { addr, source })
+    let runtime = Arc::new(quinn::TokioRuntime);
+    match socket.into() {
+        EndpointSocket::Plain(socket) => {
+            let addr = socket
+                .local_addr()
+                .map_err(|e| TransportError::Setup(e.to_string()))?;
+            Endpoint::new(endpoint_config(), server, socket, runtime)
+                .map_err(|source| TransportError::Bind { addr, source })
+        }
+        EndpointSocket::Abstract(socket) => {
+            let addr = socket
+                .local_addr()
+                .map_err(|e| TransportError::Setup(e.to_string()))?;
+            Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime)
+                .map_err(|source| TransportError::Bind { addr, source })
+        }
+    }
+}
+
+impl From<UdpSocket> for EndpointSocket {
+    fn from(socket: UdpSocket) -> Self {
+        Self::Plain(socket)
+    }
+}
+
+impl From<Arc<dyn quinn::AsyncUdpSocket>> for EndpointSocket {
+    fn from(socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        Self::Abstract(socket)
+    }
 }
 
 /// A worker's endpoint on `socket`: accepts connections with a fresh self-signed
 /// certificate and ALPN `nano-connect/1`; can dial out too.
-pub fn server_endpoint(socket: UdpSocket, config: &QuicConfig) -> Result<Endpoint, TransportError> {
+pub fn server_endpoint(
+    socket: impl Into<EndpointSocket>,
+    config: &QuicConfig,
+) -> Result<Endpoint, TransportError> {
     let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
         .map_err(|e| TransportError::Setup(format!("certificate: {e}")))?;
     let key = PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
@@ -138,7 +169,10 @@ pub fn server_endpoint(socket: UdpSocket, config: &QuicConfig) -> Result<Endpoin
 
 /// A caller's endpoint on `socket`: dials workers, accepting their self-signed
 /// certificates (see the module doc for what that does and does not protect).
-pub fn client_endpoint(socket: UdpSocket, config: &QuicConfig) -> Result<Endpoint, TransportError> {
+pub fn client_endpoint(
+    socket: impl Into<EndpointSocket>,
+    config: &QuicConfig,
+) -> Result<Endpoint, TransportError> {
     let mut endpoint = endpoint_on(socket, None)?;
     endpoint.set_default_client_config(client_config(config)?);
     Ok(endpoint)

@@ -20,6 +20,8 @@ pub struct Process {
     child: Child,
     /// The `listening` event it printed.
     pub listening: Value,
+    /// The JSON event lines it printed after `listening`.
+    events: mpsc::Receiver<Value>,
 }
 
 impl Process {
@@ -39,20 +41,44 @@ impl Process {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                    if value["event"] == "listening" {
+                    if value.get("event").is_some() {
                         let _ = tx.send(value);
                     }
                 }
             }
         });
-        let listening = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(value) => value,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("nano-connect {args:?} did not report listening within 20 s");
+        let started = Instant::now();
+        let listening = loop {
+            let left = Duration::from_secs(20).saturating_sub(started.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(value) if value["event"] == "listening" => break value,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("nano-connect {args:?} did not report listening within 20 s");
+                }
             }
         };
-        Process { child, listening }
+        Process {
+            child,
+            listening,
+            events: rx,
+        }
+    }
+
+    /// Waits at most `deadline` for the next event line named `name` (earlier lines of
+    /// other names are skipped).
+    #[allow(dead_code)]
+    pub fn wait_event(&self, name: &str, deadline: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            match self.events.recv_timeout(left) {
+                Ok(value) if value["event"] == name => return value,
+                Ok(_) => continue,
+                Err(_) => panic!("no {name:?} event within {deadline:?}"),
+            }
+        }
     }
 
     /// A field of the listening event as a string.
