@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (`mod support;` in each test file).
 //!
 //! - [`mesh`]: real `nano-connect` processes (grapes, workers) with OS-chosen ports.
+//! - [`natlab`]: a NAT lab of network namespaces and nftables routers (needs root).
 //! - [`nano_stub`]: an in-process stand-in for a Nano node's HTTP RPC that answers from
 //!   recorded fixtures and records what reached it.
 //!
@@ -10,3 +11,5 @@
 pub mod mesh;
 #[allow(dead_code)]
 pub mod nano_stub;
+#[allow(dead_code)]
+pub mod natlab;
