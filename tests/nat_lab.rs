@@ -256,23 +256,33 @@ fn namespaces_are_removed_on_drop_after_a_panic_and_when_stale() {
     drop(lab);
     assert_eq!(ours(&names), 0, "gone after drop: {names:?}");
 
-    // A test that panics while its lab runs a process in a namespace.
-    let (tx, rx) = std::sync::mpsc::channel();
+    // A test that panics while its lab runs a process in a namespace: the lab's drop
+    // kills the process and removes the namespaces.
+    let (names_tx, names_rx) = std::sync::mpsc::channel();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel();
     let result = std::panic::catch_unwind(move || {
         let lab = Lab::new();
         let side = lab.side("a", NatKind::EimApdf, RouterKind::Home);
-        let _sleeper = side
+        let mut sleeper = side
             .host
             .command("sleep")
             .arg("60")
             .spawn()
             .expect("sleep in namespace");
-        tx.send(lab.namespaces()).expect("send names");
+        std::thread::spawn(move || {
+            let _ = exit_tx.send(sleeper.wait());
+        });
+        names_tx.send(lab.namespaces()).expect("send names");
         panic!("a failing test");
     });
     assert!(result.is_err());
-    let names = rx.recv().expect("names");
+    let names = names_rx.recv().expect("names");
     assert_eq!(ours(&names), 0, "gone after a panic: {names:?}");
+    let status = exit_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the process in the namespace ended")
+        .expect("wait status");
+    assert!(!status.success(), "killed, not finished: {status:?}");
 
     // A namespace of a dead lab process (same prefix, a pid that no longer runs) is
     // swept when the next lab starts.
