@@ -107,6 +107,32 @@ impl RouterKind {
     }
 }
 
+/// Path of the `nano-connect` binary: cargo's for integration tests; for examples
+/// (which cargo gives no such variable) `$NANO_CONNECT_BIN`, else `nano-connect` in the
+/// profile directory above `target/<profile>/examples/`. Panics when it is not built.
+pub fn binary() -> String {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_nano-connect") {
+        return path.to_string();
+    }
+    if let Ok(path) = std::env::var("NANO_CONNECT_BIN") {
+        return path;
+    }
+    let exe = std::env::current_exe().expect("path of this program");
+    let path = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("nano-connect"))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no nano-connect binary next to {}: build it first (cargo build, with the \
+                 same --release as this program) or set NANO_CONNECT_BIN",
+                exe.display()
+            )
+        });
+    path.to_string_lossy().into_owned()
+}
+
 /// Runs `ip ARGS` and panics with its stderr when it fails.
 fn ip(args: &[&str]) {
     run_tool("ip", args, None);
@@ -292,7 +318,7 @@ impl Host {
     /// Runs `nano-connect ARGS` in this namespace to completion (killed after
     /// `deadline`) and times it from spawning to exit.
     pub fn run(&self, args: &[&str], deadline: Duration) -> Timed {
-        let mut command = self.command(env!("CARGO_BIN_EXE_nano-connect"));
+        let mut command = self.command(&binary());
         command
             .args(args)
             .env("RUST_LOG", "warn")
@@ -391,7 +417,7 @@ pub struct NsProcess {
 impl NsProcess {
     fn start(host: &Host, args: &[&str]) -> NsProcess {
         let mut child = host
-            .command(env!("CARGO_BIN_EXE_nano-connect"))
+            .command(&binary())
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -437,12 +463,15 @@ impl NsProcess {
                         return event;
                     }
                 }
-                Err(_) => {
+                Err(error) => {
                     let status = self.child.try_wait().ok().flatten();
                     self.kill();
+                    let why = match error {
+                        mpsc::RecvTimeoutError::Timeout => format!("not within {deadline:?}"),
+                        mpsc::RecvTimeoutError::Disconnected => "stdout closed first".into(),
+                    };
                     panic!(
-                        "no {name:?} event within {deadline:?} (exit status {status:?}); \
-                         events so far: {:?}",
+                        "no {name:?} event: {why} (exit status {status:?}); events so far: {:?}",
                         self.seen
                     );
                 }
