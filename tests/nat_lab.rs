@@ -196,6 +196,101 @@ fn symmetric_nat_maps_each_destination_to_its_own_port() {
     assert_eq!(mapping(&socket, reflector1.addr), seen1);
 }
 
+/// Two hosts behind home routers open a path with plain UDP, as hole punching does:
+/// each learns the other's mapping from a reflector; A's first datagram is dropped by B's
+/// router but opens A's; B's datagram then gets through A's router and opens B's, so A's
+/// next datagram arrives.
+#[test]
+fn two_eim_apdf_hosts_punch_a_hole_with_plain_udp() {
+    let lab = Lab::new();
+    let r1 = lab.public_host("r1");
+    let a = lab.side("a", NatKind::EimApdf, RouterKind::Home);
+    let b = lab.side("b", NatKind::EimApdf, RouterKind::Home);
+    let reflector = Reflector::start(&r1);
+    let (socket_a, socket_b) = (a.host.udp_socket(0), b.host.udp_socket(0));
+    let (mapped_a, mapped_b) = (
+        mapping(&socket_a, reflector.addr),
+        mapping(&socket_b, reflector.addr),
+    );
+
+    let before = b.unsolicited_packets();
+    socket_a.send_to(b"punch from a", mapped_b).expect("send");
+    wait_until("B's router drops A's first punch", || {
+        b.unsolicited_packets() > before
+    });
+    socket_b.send_to(b"punch from b", mapped_a).expect("send");
+    let mut buf = [0u8; 100];
+    let (n, from) = socket_a.recv_from(&mut buf).expect("B's punch reaches A");
+    assert_eq!((&buf[..n], from), (&b"punch from b"[..], mapped_b));
+    socket_a.send_to(b"hello b", mapped_b).expect("send");
+    let (n, from) = socket_b
+        .recv_from(&mut buf)
+        .expect("A's datagram reaches B");
+    assert_eq!((&buf[..n], from), (&b"hello b"[..], mapped_a));
+}
+
+/// One symmetric side against an endpoint-independent one: the birthday method works
+/// through the lab's routers with plain UDP. The EIM side probes 4096 random ports of
+/// the symmetric side's public address (opening its own filter for each); the symmetric
+/// side sends one datagram to the EIM side's mapping from each of 256 fresh sockets, each
+/// mapped to a random port. A match gets through (chance of none: about e^-16).
+#[test]
+fn one_symmetric_side_is_punched_with_the_birthday_method() {
+    let lab = Lab::new();
+    let r1 = lab.public_host("r1");
+    let eim = lab.side("e", NatKind::EimApdf, RouterKind::Home);
+    let sym = lab.side("s", NatKind::Symmetric, RouterKind::Home);
+    let reflector = Reflector::start(&r1);
+    let socket_e = eim.host.udp_socket(0);
+    let mapped_e = mapping(&socket_e, reflector.addr);
+
+    let mut state = std::process::id() as u64 | 1;
+    for _ in 0..4096 {
+        // xorshift: random ports in 1024..=65535, the range masquerade picks from.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 1024 + (state % 64512) as u16;
+        let _ = socket_e.send_to(b"probe", SocketAddr::from((sym.public_ip(), port)));
+    }
+    let sockets: Vec<UdpSocket> = sym
+        .host
+        .enter(|| {
+            (0..256)
+                .map(|_| UdpSocket::bind("0.0.0.0:0").expect("bind"))
+                .collect()
+        })
+        .join()
+        .expect("sockets in namespace");
+    for socket in &sockets {
+        socket.send_to(b"birthday", mapped_e).expect("send");
+        socket.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut buf = [0u8; 100];
+    let (n, matched) = socket_e
+        .recv_from(&mut buf)
+        .expect("one of the 256 punches matched a probed port");
+    assert_eq!(&buf[..n], b"birthday");
+    assert_eq!(matched.ip(), sym.public_ip());
+    socket_e.send_to(b"reply", matched).expect("send reply");
+    let started = Instant::now();
+    let (n, from) = loop {
+        if let Some(received) = sockets.iter().find_map(|s| s.recv_from(&mut buf).ok()) {
+            break received;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the reply reached no socket of the symmetric side"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"reply"[..], mapped_e),
+        "the matching socket hears back"
+    );
+}
+
 /// The home router drops an early punch, so the host's later mapping keeps its port
 /// (masquerade preserves the source port when it is free); the bare router accepts it
 /// into conntrack as a flow to itself, and the host's later flow to the same peer is
