@@ -62,7 +62,7 @@ pub struct CellResult {
     pub b: NatKind,
     /// The path `call -v` reported (`direct`, `punched`, `relayed`), if it reported one.
     pub path: Option<String>,
-    /// From spawning `call` to its exit with the answer (ms), `ip netns exec` included.
+    /// From spawning `call` to its exit with the answer (ms), process start-up included.
     pub wall_ms: f64,
     /// `elapsed_ms` as `call -v` reported it (ms), if it did.
     pub reported_ms: Option<f64>,
