@@ -8,14 +8,20 @@
 //! - behind bare Linux routers (WAN input accepted, so early punches can poison
 //!   conntrack) by any path; the workers serve fibonacci.
 //!
+//! `netcheck` is checked on each kind of side too.
+//!
 //! Each cell records the path `call -v` reported and the time from starting `call` to
 //! its answer; the table is printed (see it with `--nocapture`). Cells of this binary
 //! run one at a time (`natlab::serial`). Needs root, iproute2 and nftables.
 
 mod support;
 
-use support::matrix::{expected_paths, table, CellResult, MatrixRun, Service};
-use support::natlab::{serial, NatKind, RouterKind};
+use std::time::Duration;
+
+use support::matrix::{
+    expected_paths, start_grape, table, CellResult, MatrixRun, Service, GRAPE_DP,
+};
+use support::natlab::{serial, Lab, NatKind, RouterKind};
 
 /// Runs all 9 cells of one router kind, prints the table, then asserts every cell.
 fn run_matrix(router: RouterKind, service: Service) {
@@ -96,4 +102,44 @@ fn every_cell_answers_behind_home_routers_relaying_only_symmetric_to_symmetric()
 #[test]
 fn every_cell_answers_behind_bare_routers_that_accept_wan_input() {
     run_matrix(RouterKind::Bare, Service::Fibonacci);
+}
+
+/// `netcheck` from each kind of side names the side's public address and its mapping
+/// (RFC 4787 §4.1), asking grape 1's broker and, through it, a second one.
+#[test]
+fn netcheck_tells_each_side_its_reflexive_address_and_mapping() {
+    let _serial = serial();
+    let lab = Lab::new();
+    let (g1, g2) = (lab.public_host("g1"), lab.public_host("g2"));
+    let _grape1 = start_grape(&g1, "none");
+    let _grape2 = start_grape(&g2, &format!("{}:{GRAPE_DP}", g1.ip));
+    let broker = format!("{}:{GRAPE_DP}", g1.ip);
+    for (i, nat) in NatKind::ALL.into_iter().enumerate() {
+        let side = lab.side(&format!("n{i}"), nat, RouterKind::Home);
+        let run = side.host.run(
+            &["netcheck", "--broker", &broker, "--json"],
+            Duration::from_secs(20),
+        );
+        assert!(run.status.success(), "{} side: {run:?}", nat.label());
+        let report: serde_json::Value = serde_json::from_str(run.stdout.trim())
+            .unwrap_or_else(|e| panic!("{} side: not JSON ({e}): {run:?}", nat.label()));
+        let reflexive = report["reflexive"].as_str().unwrap_or_default();
+        assert!(
+            reflexive.starts_with(&format!("{}:", side.public_ip())),
+            "{} side: reflexive {reflexive}, public address {}",
+            nat.label(),
+            side.public_ip()
+        );
+        let mapping = match nat {
+            NatKind::None | NatKind::EimApdf => "endpoint-independent",
+            NatKind::Symmetric => "endpoint-dependent",
+        };
+        assert_eq!(report["mapping"], mapping, "{} side: {report}", nat.label());
+        assert_eq!(
+            report["public"],
+            nat == NatKind::None,
+            "{} side: {report}",
+            nat.label()
+        );
+    }
 }

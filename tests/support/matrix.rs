@@ -236,8 +236,9 @@ fn index(kind: NatKind) -> usize {
         .expect("a NAT kind")
 }
 
-/// Starts a grape on `host` with its DHT, API and public address on the host's address.
-fn start_grape(host: &Host, bootstrap: &str) -> NsProcess {
+/// Starts a grape on `host` with its DHT, API and public address on the host's address,
+/// bootstrapped from `bootstrap` (`HOST:PORT` or `none`); waits for `listening`.
+pub fn start_grape(host: &Host, bootstrap: &str) -> NsProcess {
     let ip = host.ip.to_string();
     let (dp, aph) = (GRAPE_DP.to_string(), GRAPE_APH.to_string());
     host.spawn(&[
