@@ -29,7 +29,7 @@
 //! in its namespaces and deletes them, also when the test panicked.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
@@ -40,9 +40,6 @@ use serde_json::Value;
 
 /// Prefix of every namespace a lab makes; the sweep removes only names with it.
 pub const PREFIX: &str = "ncl";
-
-/// The public network (RFC 5737 TEST-NET-3).
-pub const PUBLIC_NET: &str = "203.0.113.0/24";
 
 /// Labs made by this process so far (for unique names).
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -819,10 +816,4 @@ impl Drop for Lab {
             remove_namespace(ns);
         }
     }
-}
-
-/// Parses `IP:PORT`.
-pub fn socket_addr(text: &str) -> SocketAddr {
-    text.parse()
-        .unwrap_or_else(|e| panic!("{text:?} is not IP:PORT: {e}"))
 }
