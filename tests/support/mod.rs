@@ -1,12 +1,18 @@
 //! Helpers shared by the integration tests (`mod support;` in each test file).
 //!
 //! - [`mesh`]: real `nano-connect` processes (grapes, workers) with OS-chosen ports.
+//! - [`natlab`]: a NAT lab of network namespaces and nftables routers (needs root).
+//! - [`matrix`]: the NAT matrix of issue 3 (grapes, workers, calls) on a [`natlab`] lab.
 //! - [`nano_stub`]: an in-process stand-in for a Nano node's HTTP RPC that answers from
 //!   recorded fixtures and records what reached it.
 //!
 //! Each test file uses only some of these helpers, hence the `dead_code` allowances.
 
 #[allow(dead_code)]
+pub mod matrix;
+#[allow(dead_code)]
 pub mod mesh;
 #[allow(dead_code)]
 pub mod nano_stub;
+#[allow(dead_code)]
+pub mod natlab;
