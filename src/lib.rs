@@ -18,12 +18,16 @@
 //! - [`transport`]: the UDP socket and the QUIC endpoint settings.
 //! - [`rpc`]: the RPC server (worker side) and client (caller side) over QUIC.
 //! - [`nano`]: the Nano RPC relay: allowlist policy (pure) and the HTTP forwarder.
+//! - [`echo`]: an echo service of chosen answer sizes, for benchmarks.
+//! - [`bench`]: the load generator behind `nano-connect bench`.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod bench;
 pub mod defaults;
+pub mod echo;
 pub mod fibonacci;
 pub mod frame;
 pub mod link;

@@ -1,6 +1,7 @@
 //! Command-line front: one file per subcommand; each converts its flags into library
 //! configs once and runs.
 
+mod bench;
 mod call;
 mod demo;
 mod grape;
@@ -53,13 +54,17 @@ enum Command {
     Worker(worker::WorkerArgs),
     Call(call::CallArgs),
     Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
     /// Whether the subcommand prints its own report on stdout, so that routine logs
     /// would only clutter it.
     pub fn reports_itself(&self) -> bool {
-        matches!(self.command, Command::Demo(_) | Command::Call(_))
+        matches!(
+            self.command,
+            Command::Demo(_) | Command::Call(_) | Command::Bench(_)
+        )
     }
 }
 
@@ -88,6 +93,11 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Worker(args) => worker::run(args).await,
         Command::Call(args) => return call::run(args, cli.verbose).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => match bench::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return exit::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => exit::OK,

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use nano_connect::defaults::{
     DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY,
 };
+use nano_connect::echo::EchoService;
 use nano_connect::fibonacci::FibonacciService;
 use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
@@ -51,8 +52,9 @@ pub struct WorkerArgs {
     /// Milliseconds to wait for the node's answer.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     node_timeout: u64,
-    /// What to serve: the Nano RPC relay, or the Grenache tutorial's fibonacci service
-    /// (for trying the mesh without a node).
+    /// What to serve: the Nano RPC relay, the Grenache tutorial's fibonacci service
+    /// (for trying the mesh without a node), or echo (for benchmarks: answers the body,
+    /// or an answer of the size a sized request asks for, see `nano-connect bench`).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
     service: ServiceKind,
 }
@@ -61,6 +63,7 @@ pub struct WorkerArgs {
 enum ServiceKind {
     NanoRpc,
     Fibonacci,
+    Echo,
 }
 
 /// The handler a worker runs, chosen on the command line.
@@ -69,6 +72,8 @@ pub enum WorkerService {
     Nano(NanoRelay),
     /// The fibonacci service.
     Fibonacci(FibonacciService),
+    /// The echo service.
+    Echo(EchoService),
 }
 
 impl Handler for WorkerService {
@@ -76,6 +81,7 @@ impl Handler for WorkerService {
         match self {
             Self::Nano(relay) => relay.handle(request).await,
             Self::Fibonacci(service) => service.handle(request).await,
+            Self::Echo(service) => service.handle(request).await,
         }
     }
 }
@@ -116,6 +122,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             WorkerService::Nano(relay)
         }
         ServiceKind::Fibonacci => WorkerService::Fibonacci(FibonacciService),
+        ServiceKind::Echo => WorkerService::Echo(EchoService),
     };
     let config = RpcServerConfig {
         keys: vec![args.announce.clone()],
