@@ -44,8 +44,21 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// tokio runtime: `multi` (a thread per core) or `current` (one thread: fewer
+    /// cross-thread wake-ups, so lower latency, but one core).
+    #[arg(long, global = true, value_enum, default_value_t = Runtime::Multi, env = "NANO_CONNECT_RUNTIME")]
+    pub runtime: Runtime,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The tokio runtime flavour a command runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// tokio's multi-threaded runtime, one worker thread per core.
+    Multi,
+    /// tokio's single-threaded runtime.
+    Current,
 }
 
 #[derive(Debug, Subcommand)]

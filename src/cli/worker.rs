@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use nano_connect::defaults::{
-    DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY,
+    DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY,
 };
 use nano_connect::echo::EchoService;
 use nano_connect::fibonacci::FibonacciService;
@@ -14,6 +15,7 @@ use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
 use nano_connect::service::{Handler, Reply, Request};
+use nano_connect::transport::QuicConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -57,6 +59,10 @@ pub struct WorkerArgs {
     /// or an answer of the size a sized request asks for, see `nano-connect bench`).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
     service: ServiceKind,
+    /// Requests one caller may have in flight on its connection (QUIC bidirectional
+    /// streams). Each allowed stream costs about 82 bytes per connection, up front.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, value_name = "N")]
+    max_streams: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +132,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let config = RpcServerConfig {
         keys: vec![args.announce.clone()],
+        quic: QuicConfig {
+            max_concurrent_streams: args.max_streams,
+            ..QuicConfig::default()
+        },
         ..RpcServerConfig::default()
     };
     let server = RpcServer::bind(SocketAddr::new(args.bind, args.port), config, service)
