@@ -267,14 +267,18 @@ pub fn body_len(prefix: [u8; LENGTH_PREFIX_LEN], limit: usize) -> Result<usize, 
 
 /// Decodes one MessagePack frame body (the bytes after the prefix) and checks its version.
 pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, FrameError> {
-    // Read the version first so that a newer peer's frame with other fields gets a
-    // version error, not a confusing "missing field".
-    if let Some(v) = peek_version(body) {
-        if v != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion(v));
+    let frame: F = match rmp_serde::from_slice(body) {
+        Ok(frame) => frame,
+        // Only when the frame does not decode is its version read on its own, so that a
+        // newer peer's frame with other fields gets a version error, not a confusing
+        // "missing field" (reading it first on every frame cost a second parse).
+        Err(e) => {
+            return Err(match peek_version(body) {
+                Some(v) if v != PROTOCOL_VERSION => FrameError::UnsupportedVersion(v),
+                _ => FrameError::Malformed(e.to_string()),
+            })
         }
-    }
-    let frame: F = rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    };
     if frame.version() != PROTOCOL_VERSION {
         return Err(FrameError::UnsupportedVersion(frame.version()));
     }
