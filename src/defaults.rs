@@ -64,10 +64,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// packet is resent sooner; the estimate is replaced by a measurement after one round trip.
 pub const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(100);
 
-/// Concurrent RPC streams a caller may open on one connection: one stream per request,
-/// and quinn's default of 100 would cap requests in flight. Each allowed stream costs
-/// about 82 bytes per connection, reserved up front.
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Concurrent RPC streams (so requests in flight) a caller may have on one connection:
+/// one stream per request. Each allowed stream costs the worker memory per connection up
+/// front: measured with 2000 idle connections (benches/mesh.sh, section 5), 100 streams
+/// cost 35 KB per connection, 128 cost 40.5 KB and 256 cost 51 KB, while 256 requests in
+/// flight on one connection ran only ~10 % faster with 256 streams than with 100 (the
+/// rest wait for a stream). 100 keeps an idle connection under the 40 KiB goal; a worker
+/// that serves few, busy callers can raise it (`worker --max-streams`).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// UDP socket send and receive buffers, in bytes: the kernel's 208 KiB default overflows
 /// under many connections or handshake bursts (p99 at 256 connections fell from 46 ms to

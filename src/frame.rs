@@ -203,17 +203,36 @@ impl FrameError {
 pub trait Frame: Serialize + for<'de> Deserialize<'de> {
     /// The frame's `v` field.
     fn version(&self) -> u8;
+
+    /// Bytes the encoding will need at least, prefix included: lets [`encode`] allocate
+    /// once instead of growing its buffer while it writes (a profile showed the growth
+    /// as a third of a response's encoding cost).
+    fn encoded_len_hint(&self) -> usize {
+        LENGTH_PREFIX_LEN
+    }
 }
+
+/// Room for a frame's field names, small fields and MessagePack markers, bytes.
+const FRAME_OVERHEAD_HINT: usize = 64;
 
 impl Frame for RequestFrame {
     fn version(&self) -> u8 {
         self.v
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        LENGTH_PREFIX_LEN + FRAME_OVERHEAD_HINT + self.key.len() + self.body.len()
     }
 }
 
 impl Frame for ResponseFrame {
     fn version(&self) -> u8 {
         self.v
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        let error = self.error.as_ref().map_or(0, |e| e.message.len() + 32);
+        LENGTH_PREFIX_LEN + FRAME_OVERHEAD_HINT + self.body.len() + error
     }
 }
 
@@ -222,7 +241,8 @@ impl Frame for ResponseFrame {
 /// Errors with [`FrameError::TooLarge`] when the encoding exceeds `limit` bytes (the
 /// prefix not counted), so a sender learns before the peer refuses it.
 pub fn encode<F: Frame>(frame: &F, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; LENGTH_PREFIX_LEN];
+    let mut out = Vec::with_capacity(frame.encoded_len_hint());
+    out.extend_from_slice(&[0u8; LENGTH_PREFIX_LEN]);
     rmp_serde::encode::write_named(&mut out, frame)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - LENGTH_PREFIX_LEN;
@@ -247,14 +267,18 @@ pub fn body_len(prefix: [u8; LENGTH_PREFIX_LEN], limit: usize) -> Result<usize, 
 
 /// Decodes one MessagePack frame body (the bytes after the prefix) and checks its version.
 pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, FrameError> {
-    // Read the version first so that a newer peer's frame with other fields gets a
-    // version error, not a confusing "missing field".
-    if let Some(v) = peek_version(body) {
-        if v != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion(v));
+    let frame: F = match rmp_serde::from_slice(body) {
+        Ok(frame) => frame,
+        // Only when the frame does not decode is its version read on its own, so that a
+        // newer peer's frame with other fields gets a version error, not a confusing
+        // "missing field" (reading it first on every frame cost a second parse).
+        Err(e) => {
+            return Err(match peek_version(body) {
+                Some(v) if v != PROTOCOL_VERSION => FrameError::UnsupportedVersion(v),
+                _ => FrameError::Malformed(e.to_string()),
+            })
         }
-    }
-    let frame: F = rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    };
     if frame.version() != PROTOCOL_VERSION {
         return Err(FrameError::UnsupportedVersion(frame.version()));
     }

@@ -23,12 +23,16 @@
 //! - [`limits`]: per-client rate limiting of a worker's handler.
 //! - [`metrics`]: Prometheus metrics of a worker and the `/metrics` endpoint.
 //! - [`nat`]: NAT traversal: STUN, the broker (rendezvous and relay), hole punching.
+//! - [`echo`]: an echo service of chosen answer sizes, for benchmarks.
+//! - [`bench`]: the load generator behind `nano-connect bench`.
 //! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod bench;
 pub mod defaults;
+pub mod echo;
 pub mod fibonacci;
 pub mod frame;
 pub mod gateway;

@@ -10,10 +10,11 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.quiet, args.reports_itself());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match args.runtime {
+        cli::Runtime::Multi => tokio::runtime::Builder::new_multi_thread(),
+        cli::Runtime::Current => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("nano-connect: cannot start the async runtime: {e}");

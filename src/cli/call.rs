@@ -9,12 +9,12 @@ use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::frame::ErrorCode;
 use nano_connect::link::Link;
+use nano_connect::nano::retry::{failover_safe, options_for};
 use nano_connect::nat::broker_proto::RefusalCode;
 use nano_connect::nat::peer::{
     broker_of, connect_via_broker, BrokerError, Brokered, ConnectConfig, PathKind,
 };
 use nano_connect::nat::socket::{Diverted, NatSocket};
-use nano_connect::nano::retry::{failover_safe, options_for};
 use nano_connect::rpc::quorum::{request_quorum, QuorumError};
 use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
 use nano_connect::transport::client_endpoint;

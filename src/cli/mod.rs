@@ -1,6 +1,7 @@
 //! Command-line front: one file per subcommand; each converts its flags into library
 //! configs once and runs.
 
+mod bench;
 mod call;
 mod demo;
 mod gateway;
@@ -48,8 +49,21 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// tokio runtime: `multi` (a thread per core) or `current` (one thread: fewer
+    /// cross-thread wake-ups, so lower latency, but one core).
+    #[arg(long, global = true, value_enum, default_value_t = Runtime::Multi, env = "NANO_CONNECT_RUNTIME")]
+    pub runtime: Runtime,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The tokio runtime flavour a command runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// tokio's multi-threaded runtime, one worker thread per core.
+    Multi,
+    /// tokio's single-threaded runtime.
+    Current,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +74,7 @@ enum Command {
     Demo(demo::DemoArgs),
     Gateway(gateway::GatewayArgs),
     Netcheck(netcheck::NetcheckArgs),
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -68,7 +83,7 @@ impl Cli {
     pub fn reports_itself(&self) -> bool {
         matches!(
             self.command,
-            Command::Demo(_) | Command::Call(_) | Command::Netcheck(_)
+            Command::Demo(_) | Command::Call(_) | Command::Netcheck(_) | Command::Bench(_)
         )
     }
 }
@@ -102,6 +117,11 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Demo(args) => demo::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Netcheck(args) => netcheck::run(args).await,
+        Command::Bench(args) => match bench::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return exit::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => exit::OK,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use nano_connect::defaults::{DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
+use nano_connect::echo::EchoService;
 use nano_connect::fibonacci::FibonacciService;
 use nano_connect::health::{self, Announce, DEFAULT_HEALTH_INTERVAL};
 use nano_connect::link::Link;
@@ -17,8 +18,8 @@ use nano_connect::nano::NanoRelay;
 use nano_connect::nat::peer::{broker_of, run_worker_agent, ServeExtra, WorkerAgentConfig};
 use nano_connect::nat::socket::NatSocket;
 use nano_connect::rpc::{RpcServer, RpcServerConfig};
-use nano_connect::transport::server_endpoint;
 use nano_connect::service::{Handler, Reply, Request};
+use nano_connect::transport::server_endpoint;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -87,7 +88,8 @@ pub struct WorkerArgs {
     /// Requests a client may make at once [default: twice --rate].
     #[arg(long, value_name = "N")]
     burst: Option<u32>,
-    /// Requests in flight per QUIC connection (streams) [default: 256].
+    /// Requests in flight per QUIC connection (streams); each allowed stream costs about
+    /// 82 bytes per connection, up front [default: 100].
     #[arg(long, value_name = "N")]
     max_streams: Option<u32>,
     /// Answers kept by the response cache; 0 turns it off [default: 10000].
@@ -107,8 +109,9 @@ pub struct WorkerArgs {
     /// `{"event":"registered","broker":...,"reflexive":...}` once registered.
     #[arg(long, value_name = "HOST:PORT")]
     broker: Option<String>,
-    /// What to serve: the Nano RPC relay, or the Grenache tutorial's fibonacci service
-    /// (for trying the mesh without a node).
+    /// What to serve: the Nano RPC relay, the Grenache tutorial's fibonacci service
+    /// (for trying the mesh without a node), or echo (for benchmarks: answers the body,
+    /// or an answer of the size a sized request asks for, see `nano-connect bench`).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
     service: ServiceKind,
 }
@@ -117,6 +120,7 @@ pub struct WorkerArgs {
 enum ServiceKind {
     NanoRpc,
     Fibonacci,
+    Echo,
 }
 
 /// The handler a worker runs, chosen on the command line.
@@ -127,6 +131,8 @@ pub enum WorkerService {
     NanoStack(Box<NanoService>),
     /// The fibonacci service.
     Fibonacci(FibonacciService),
+    /// The echo service.
+    Echo(EchoService),
 }
 
 impl Handler for WorkerService {
@@ -135,6 +141,7 @@ impl Handler for WorkerService {
             Self::Nano(relay) => relay.handle(request).await,
             Self::NanoStack(service) => service.handle(request).await,
             Self::Fibonacci(service) => service.handle(request).await,
+            Self::Echo(service) => service.handle(request).await,
         }
     }
 }
@@ -181,6 +188,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             WorkerService::NanoStack(Box::new(service))
         }
         ServiceKind::Fibonacci => WorkerService::Fibonacci(FibonacciService),
+        ServiceKind::Echo => WorkerService::Echo(EchoService),
     };
     let mut config = RpcServerConfig {
         keys: vec![args.announce.clone()],

@@ -39,7 +39,7 @@ pub struct QuicConfig {
     /// First RTT estimate before any measurement (RFC 9002 §6.2.2). Default 100 ms.
     pub initial_rtt: Duration,
     /// Bidirectional streams, and so RPC requests, a peer may have open at once on one
-    /// connection. Default 256.
+    /// connection. Default 100.
     pub max_concurrent_streams: u32,
 }
 

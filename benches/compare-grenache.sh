@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The mesh against Grenache, side by side in one run: the Grenache tutorial's fibonacci
+# service ({"length": 10}) served by Grenache's JavaScript worker (ws and http
+# transports) and by `nano-connect worker --service fibonacci`, each behind two grapes
+# of its own kind on 127.0.0.1, measured with the same load (warm-up, then N requests
+# or D seconds, whichever comes first), alternating, RUNS times; prints medians and
+# ratios.
+#
+# Usage: benches/compare-grenache.sh            (RUNS=3 REQUESTS=20000 DURATION=10)
+#        RUNS=5 REQUESTS=50000 benches/compare-grenache.sh
+#
+# Needs node and npm (Grenache's packages are installed into a temporary folder from the
+# npm registry; grenache-nodejs-utp is not published there, so utp is left out) and a
+# release build of nano-connect (built if missing). Every process is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-3}
+REQUESTS=${REQUESTS:-20000}
+DURATION=${DURATION:-10}
+BIN=$ROOT/target/release/nano-connect
+TMP=$(mktemp -d /tmp/nano-connect-grenache.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+# Waits (at most 20 s) until FILE holds a "listening" line.
+wait_listening() {
+  local file=$1
+  for _ in $(seq 200); do
+    grep -q '"listening"' "$file" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "compare-grenache: $file never reported listening:" >&2
+  cat "$file" >&2
+  return 1
+}
+
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin nano-connect)
+
+echo "# installing Grenache into $TMP" >&2
+cp "$ROOT"/benches/grenache/{package.json,worker.js,client.js,summary.js} "$TMP"/
+(cd "$TMP" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+
+# Grenache: two grapes, a ws worker and an http worker.
+cd "$TMP"
+node_modules/.bin/grape --dp 21001 --aph 31001 --bn 127.0.0.1:21002 >grape1.log 2>&1 & PIDS+=($!)
+node_modules/.bin/grape --dp 21002 --aph 31002 --bn 127.0.0.1:21001 >grape2.log 2>&1 & PIDS+=($!)
+node worker.js ws http://127.0.0.1:31001 41337 >ws.log 2>&1 & PIDS+=($!)
+node worker.js http http://127.0.0.1:31001 41338 >http.log 2>&1 & PIDS+=($!)
+# nano-connect: two grapes of a private network and a fibonacci worker.
+"$BIN" grape --dp 22001 --aph 32001 --bn none --bind 127.0.0.1 >ncg1.log 2>&1 & PIDS+=($!)
+wait_listening ncg1.log
+"$BIN" grape --dp 22002 --aph 32002 --bn 127.0.0.1:22001 --bind 127.0.0.1 >ncg2.log 2>&1 & PIDS+=($!)
+wait_listening ncg2.log
+"$BIN" worker --service fibonacci --announce fibonacci_worker --grape http://127.0.0.1:32001 \
+  --bind 127.0.0.1 --port 42337 --announce-interval 5 >ncw.log 2>&1 & PIDS+=($!)
+for f in ws.log http.log ncw.log; do wait_listening "$f"; done
+
+# Until the key is found through the second grape (bounded: 100 tries, ~20 s).
+for i in $(seq 100); do
+  "$BIN" -q bench --grape http://127.0.0.1:32002 --service fibonacci_worker --body '{"length":10}' \
+    -n 1 --warmup 1 --timeout 2000 >/dev/null 2>&1 && break
+  [ "$i" = 100 ] && { echo "compare-grenache: nano-connect worker never found" >&2; exit 1; }
+  sleep 0.2
+done
+
+nano() { # CONCURRENCY
+  "$BIN" -q bench --grape http://127.0.0.1:32002 --service fibonacci_worker --body '{"length":10}' \
+    -c "$1" -n "$REQUESTS" -d "$DURATION" --json || true
+}
+grenache() { # TRANSPORT CONCURRENCY
+  timeout $((DURATION + 60)) node client.js "$1" http://127.0.0.1:31002 "$2" "$REQUESTS" "$DURATION" || true
+}
+
+RESULTS=$TMP/results.tsv
+for run in $(seq "$RUNS"); do
+  echo "# run $run of $RUNS" >&2
+  printf 'nano-connect c=64\t%s\n' "$(nano 64)" >>"$RESULTS"
+  printf 'grenache-ws c=64\t%s\n' "$(grenache ws 64)" >>"$RESULTS"
+  printf 'nano-connect c=1\t%s\n' "$(nano 1)" >>"$RESULTS"
+  printf 'grenache-ws c=1\t%s\n' "$(grenache ws 1)" >>"$RESULTS"
+  printf 'grenache-http c=1\t%s\n' "$(grenache http 1)" >>"$RESULTS"
+done
+
+echo "fibonacci {\"length\":10}, $REQUESTS requests or ${DURATION} s per run, $RUNS runs alternating, $(nproc) cores, $(date -u +%FT%TZ)"
+grep -v $'\t$' "$RESULTS" | node summary.js \
+  --ratio 'throughput at 64 in flight=nano-connect c=64/grenache-ws c=64:rps' \
+  --ratio 'sequential p50=nano-connect c=1/grenache-ws c=1:p50' \
+  --ratio 'sequential p50 vs http=nano-connect c=1/grenache-http c=1:p50'
