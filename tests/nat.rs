@@ -77,7 +77,7 @@ async fn call_through_the_broker_directly_and_through_the_relay() {
     assert_eq!(
         broker_of(&dht).unwrap().to_string(),
         broker,
-        "broker = DHT port + 1"
+        "broker = DHT port + 10000"
     );
     let (_worker, port) = worker(&dht);
 
@@ -422,4 +422,57 @@ async fn punches_carry_the_nonce_and_a_strangers_punch_is_ignored() {
         (from == worker_addr && d == Datagram::PunchEcho(nonce)).then_some(())
     });
     assert!(echo.is_some(), "the peer's punch is echoed");
+}
+
+/// Grenache's layout (grapes on consecutive DHT ports, README's example) works with a
+/// broker on each grape: a broker never takes the next grape's DHT port.
+#[tokio::test]
+async fn grapes_on_consecutive_dht_ports_each_run_a_broker() {
+    // Find two consecutive free UDP ports below 55536 whose broker ports are free too;
+    // bounded tries.
+    let free = |port: u16| UdpSocket::bind(("127.0.0.1", port)).is_ok();
+    let first = (0..200)
+        .filter_map(|_| {
+            let probe = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let port = probe.local_addr().ok()?.port();
+            drop(probe);
+            (port < 55535
+                && [port, port + 1, port + 10_000, port + 10_001]
+                    .into_iter()
+                    .all(free))
+            .then_some(port)
+        })
+        .next()
+        .expect("two consecutive free ports within 200 tries");
+    let dp1 = first.to_string();
+    let dp2 = (first + 1).to_string();
+    let a = Process::start(&[
+        "grape",
+        "--dp",
+        &dp1,
+        "--aph",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--bn",
+        "none",
+    ]);
+    let bootstrap = format!("127.0.0.1:{dp1}");
+    let b = Process::start(&[
+        "grape",
+        "--dp",
+        &dp2,
+        "--aph",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--bn",
+        &bootstrap,
+    ]);
+    assert_eq!(a.field("broker"), format!("127.0.0.1:{}", first + 10_000));
+    assert_eq!(b.field("broker"), format!("127.0.0.1:{}", first + 10_001));
+    assert_eq!(
+        broker_of(&b.field("dht")).unwrap().to_string(),
+        b.field("broker")
+    );
 }

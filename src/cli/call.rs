@@ -69,7 +69,7 @@ pub struct CallArgs {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     timeout: u64,
     /// Find a worker through the broker of the grape whose DHT address is HOST:PORT
-    /// (the broker listens on PORT + 1) instead of a lookup through --grape: reaches
+    /// (the broker listens on PORT + 10000) instead of a lookup through --grape: reaches
     /// workers behind NATs directly, by hole punching, or through the broker's relay.
     #[arg(long, value_name = "HOST:PORT")]
     broker: Option<String>,

@@ -50,7 +50,7 @@ pub struct GrapeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// UDP port of the broker (STUN Binding, rendezvous and relay for peers behind NATs),
-    /// on --bind. Default: the DHT port + 1, where clients given only `--broker
+    /// on --bind. Default: the DHT port + 10000 (− 10000 above 55535), where clients given only `--broker
     /// HOST:DHT_PORT` look for it. 0 = any free port.
     #[arg(long, value_name = "PORT")]
     broker_port: Option<u16>,
@@ -136,9 +136,7 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
             .context("--relay-max-secs must be a positive number of seconds")?;
         let port = match args.broker_port {
             Some(port) => port,
-            None => grape.dht_addr().port().checked_add(1).context(
-                "the DHT port is 65535, so the broker cannot use DHT port + 1: give --broker-port",
-            )?,
+            None => nano_connect::nat::peer::broker_port(grape.dht_addr().port()),
         };
         let config = RendezvousConfig {
             relay: RelayConfig {

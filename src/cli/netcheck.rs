@@ -11,11 +11,11 @@ use nano_connect::nat::peer::{broker_of, netcheck, Mapping, NetReport};
 /// whether the NAT maps endpoint-independently (RFC 4787: the same public port toward
 /// every destination, so hole punching works) or endpoint-dependently ("symmetric").
 ///
-/// The broker answers on its port (the grape's DHT port + 1) and on an alternate port
+/// The broker answers on its port (the grape's DHT port + 10000) and on an alternate port
 /// of the same IP; netcheck asks both from one socket and compares what they saw.
 #[derive(Debug, Args)]
 pub struct NetcheckArgs {
-    /// The grape's DHT address HOST:PORT (its broker listens on PORT + 1).
+    /// The grape's DHT address HOST:PORT (its broker listens on PORT + 10000).
     #[arg(long, value_name = "HOST:PORT")]
     broker: String,
     /// Print one JSON object instead of sentences.

@@ -103,7 +103,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64(), value_name = "SECS")]
     health_interval: f64,
     /// Register KEY with the broker of the grape whose DHT address is HOST:PORT (the
-    /// broker listens on PORT + 1), instead of announcing through --grape: for a worker
+    /// broker listens on PORT + 10000), instead of announcing through --grape: for a worker
     /// behind a NAT. Clients then reach it with `call --broker HOST:PORT`, directly, by
     /// hole punching, or through the broker's relay. Prints one more JSON line
     /// `{"event":"registered","broker":...,"reflexive":...}` once registered.

@@ -34,21 +34,35 @@ use crate::defaults::{
 };
 use crate::transport::SERVER_NAME;
 
-/// Finds the broker of a grape from the grape's DHT address `HOST:PORT`: by convention
-/// the broker listens on the DHT port + 1 at the same host (docs/protocol.md §5.1).
+/// The UDP port of a grape's broker, by convention, from the grape's DHT port: DHT port
+/// + 10000, or − 10000 when that would pass 65535 (docs/protocol.md §5.1).
 ///
-/// Errors: the name does not resolve to an IPv4 address, or the port is 65535.
+/// Grenache runs grapes on consecutive DHT ports (20001, 20002, ...), so "+ 1" would put
+/// one grape's broker on the next grape's DHT port. With + 10000 the broker of
+/// `--dp 20001` listens on UDP 30001, the number of the grape's HTTP API (TCP) in
+/// Grenache's layout, which does not collide since one is UDP and the other TCP.
+pub fn broker_port(dht_port: u16) -> u16 {
+    match dht_port.checked_add(BROKER_PORT_OFFSET) {
+        Some(port) => port,
+        None => dht_port - BROKER_PORT_OFFSET,
+    }
+}
+
+/// Distance between a grape's DHT port and its broker's port (see [`broker_port`]).
+pub const BROKER_PORT_OFFSET: u16 = 10_000;
+
+/// Finds the broker of a grape from the grape's DHT address `HOST:PORT`: by convention
+/// the broker listens on [`broker_port`] of the DHT port at the same host
+/// (docs/protocol.md §5.1).
+///
+/// Errors: the name does not resolve to an IPv4 address.
 pub fn broker_of(grape_dht: &str) -> Result<SocketAddr, BrokerError> {
     let dht = grape_dht
         .to_socket_addrs()
         .map_err(|e| BrokerError::Address(format!("{grape_dht}: {e}")))?
         .find(SocketAddr::is_ipv4)
         .ok_or_else(|| BrokerError::Address(format!("{grape_dht} has no IPv4 address")))?;
-    let port = dht
-        .port()
-        .checked_add(1)
-        .ok_or_else(|| BrokerError::Address(format!("{grape_dht}: port 65535 has no +1")))?;
-    Ok(SocketAddr::new(dht.ip(), port))
+    Ok(SocketAddr::new(dht.ip(), broker_port(dht.port())))
 }
 
 /// Why a broker exchange failed.
@@ -310,4 +324,19 @@ fn reader(socket: &Arc<NatSocket>) -> Result<Endpoint, BrokerError> {
     let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
     crate::transport::client_endpoint(abstract_socket, &crate::transport::QuicConfig::default())
         .map_err(|e| BrokerError::NoPath(e.to_string()))
+}
+
+#[cfg(test)]
+mod broker_port_tests {
+    use super::*;
+
+    #[test]
+    fn broker_port_skips_grenache_s_consecutive_dht_ports() {
+        assert_eq!(broker_port(20001), 30001);
+        assert_eq!(broker_port(20002), 30002);
+        assert_eq!(broker_port(55535), 65535);
+        assert_eq!(broker_port(55536), 45536);
+        assert_eq!(broker_port(65535), 55535);
+        assert_eq!(broker_of("127.0.0.1:20001").unwrap().port(), 30001);
+    }
 }
