@@ -209,7 +209,7 @@ impl Inbox {
 impl Inbox {
     /// Ping the broker, then STUN its alternate port: the RTT, the reflexive address,
     /// and whether the mapping differs per destination (endpoint-dependent).
-    async fn mapping_check(
+    pub(super) async fn mapping_check(
         &mut self,
         broker: SocketAddr,
         timeout: Duration,

@@ -58,22 +58,7 @@ pub async fn netcheck(
         rx,
         stash: VecDeque::new(),
     };
-    let tx: u64 = rand::random();
-    let (pong, rtt) = inbox
-        .ask(broker, &BrokerMessage::Ping { tx }, tx, timeout)
-        .await?;
-    let BrokerMessage::Pong { reflexive, alt, .. } = pong else {
-        return Err(BrokerError::NoPath(
-            "the broker did not answer the ping".into(),
-        ));
-    };
-    let reflexive_alt = match alt {
-        Some(alt) => inbox
-            .stun(SocketAddr::new(broker.ip(), alt.port()), timeout)
-            .await
-            .ok(),
-        None => None,
-    };
+    let (rtt, reflexive, reflexive_alt) = inbox.mapping_check(broker, timeout).await?;
     let mapping = match reflexive_alt {
         Some(a) if a == reflexive => Mapping::EndpointIndependent,
         Some(_) => Mapping::EndpointDependent,
