@@ -69,24 +69,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         },
     );
     let stop_metrics = tokio_util::sync::CancellationToken::new();
-    let (gateway, metrics_addr) =
-        match args.metrics {
-            Some(listen) => {
-                let metrics = Arc::new(GatewayMetrics::new());
-                let exposition = Exposition {
-                    registry: metrics.registry().clone(),
-                    before_scrape: Arc::new(|| {}),
-                };
-                let stop = stop_metrics.clone();
-                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
-                    stop.cancelled().await
-                })
-                .await
-                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
-                (gateway.with_metrics(metrics), Some(bound.to_string()))
-            }
-            None => (gateway, None),
-        };
+    let (gateway, metrics_addr) = match args.metrics {
+        Some(listen) => {
+            let metrics = Arc::new(GatewayMetrics::new());
+            let exposition = Exposition {
+                registry: metrics.registry().clone(),
+                before_scrape: Arc::new(|| {}),
+            };
+            let bound = super::serve_metrics(listen, exposition, stop_metrics.clone()).await?;
+            (gateway.with_metrics(metrics), Some(bound))
+        }
+        None => (gateway, None),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;

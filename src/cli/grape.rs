@@ -107,26 +107,18 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the grape")?;
     let stop_metrics = tokio_util::sync::CancellationToken::new();
-    let metrics_addr =
-        match args.metrics {
-            Some(listen) => {
-                let metrics = std::sync::Arc::new(nano_connect::metrics::GrapeMetrics::new());
-                grape.dht().set_observer(metrics.clone());
-                let exposition = nano_connect::metrics::Exposition {
-                    registry: metrics.registry().clone(),
-                    before_scrape: std::sync::Arc::new(|| {}),
-                };
-                let stop = stop_metrics.clone();
-                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
-                    stop.cancelled().await
-                })
-                .await
-                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
-                info!(addr = %bound, "metrics at /metrics");
-                Some(bound.to_string())
-            }
-            None => None,
-        };
+    let metrics_addr = match args.metrics {
+        Some(listen) => {
+            let metrics = std::sync::Arc::new(nano_connect::metrics::GrapeMetrics::new());
+            grape.dht().set_observer(metrics.clone());
+            let exposition = nano_connect::metrics::Exposition {
+                registry: metrics.registry().clone(),
+                before_scrape: std::sync::Arc::new(|| {}),
+            };
+            Some(super::serve_metrics(listen, exposition, stop_metrics.clone()).await?)
+        }
+        None => None,
+    };
     let broker = if args.no_broker {
         None
     } else {

@@ -162,6 +162,24 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Serves `exposition` at `http://LISTEN/metrics` until `stop` fires, and returns the
+/// bound address as text (for the `listening` event).
+///
+/// Errors: the address cannot be bound, with a message naming `--metrics`.
+pub async fn serve_metrics(
+    listen: std::net::SocketAddr,
+    exposition: nano_connect::metrics::Exposition,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let (bound, _task) =
+        nano_connect::metrics::serve(listen, exposition, async move { stop.cancelled().await })
+            .await
+            .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
+    tracing::info!(addr = %bound, "metrics at /metrics");
+    Ok(bound.to_string())
+}
+
 /// Prints one machine-readable event line on stdout (for scripts and tests).
 pub fn emit(event: serde_json::Value) {
     println!("{event}");

@@ -210,28 +210,20 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let addr = server.local_addr();
     info!(%addr, key = %args.announce, grape = %args.grape, "worker serving");
     let cancel = CancellationToken::new();
-    let metrics_addr =
-        match args.metrics.or(file.metrics.listen) {
-            Some(listen) => {
-                let endpoint = server.endpoint().clone();
-                let gauges = metrics.clone();
-                let exposition = Exposition {
-                    registry: metrics.registry().clone(),
-                    before_scrape: Arc::new(move || {
-                        gauges.set_open_connections(endpoint.open_connections())
-                    }),
-                };
-                let stop = cancel.clone();
-                let (bound, _task) = nano_connect::metrics::serve(listen, exposition, async move {
-                    stop.cancelled().await
-                })
-                .await
-                .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
-                info!(addr = %bound, "metrics at /metrics");
-                Some(bound.to_string())
-            }
-            None => None,
-        };
+    let metrics_addr = match args.metrics.or(file.metrics.listen) {
+        Some(listen) => {
+            let endpoint = server.endpoint().clone();
+            let gauges = metrics.clone();
+            let exposition = Exposition {
+                registry: metrics.registry().clone(),
+                before_scrape: Arc::new(move || {
+                    gauges.set_open_connections(endpoint.open_connections())
+                }),
+            };
+            Some(super::serve_metrics(listen, exposition, cancel.clone()).await?)
+        }
+        None => None,
+    };
     super::emit(serde_json::json!({
         "event": "listening",
         "addr": addr.to_string(),
