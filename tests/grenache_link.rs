@@ -5,37 +5,18 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::Value;
 use support::mesh::{self, two_grapes};
-
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// Installs grenache-nodejs-link from tests/js/package-lock.json when it is missing.
-fn ensure_link_installed() {
-    if js_dir().join("node_modules/grenache-nodejs-link").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(js_dir())
-        .status()
-        .expect("npm must be installed to run this test (apt-get install nodejs npm)");
-    assert!(status.success(), "npm ci in tests/js failed");
-}
+use support::npm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grenache_nodejs_link_works_unchanged() {
-    tokio::task::block_in_place(ensure_link_installed);
+    tokio::task::block_in_place(|| npm::ensure_installed("js", "grenache-nodejs-link"));
     let (a, b) = tokio::task::block_in_place(|| two_grapes(256.0));
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tokio::process::Command::new("node")
-            .arg(js_dir().join("link.js"))
+            .arg(npm::js_dir("js").join("link.js"))
             .args([&a.url, &b.url, "41234"])
             .kill_on_drop(true)
             .output(),

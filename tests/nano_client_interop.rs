@@ -5,30 +5,12 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::Value;
 use support::mesh::{self, two_grapes, wait_announced, Process};
 use support::nano_stub::{fixtures, Mode, NanoStub};
+use support::npm;
 
 const ACCOUNT: &str = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
-
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js-nano")
-}
-
-fn ensure_installed() {
-    if js_dir().join("node_modules/nano-node-rpc").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(js_dir())
-        .status()
-        .expect("npm must be installed to run this test (apt-get install nodejs npm)");
-    assert!(status.success(), "npm ci in tests/js-nano failed");
-}
 
 /// The stand-in's recorded answer to `request`, as JSON.
 fn fixture(request: Value) -> Value {
@@ -42,7 +24,7 @@ fn fixture(request: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nano_node_rpc_from_npm_works_against_the_gateway() {
-    tokio::task::block_in_place(ensure_installed);
+    tokio::task::block_in_place(|| npm::ensure_installed("js-nano", "nano-node-rpc"));
     let (a, b) = tokio::task::block_in_place(|| two_grapes(120.0));
     let stub = NanoStub::start(Mode::RsNano).await;
     let stub_url = stub.url();
@@ -59,7 +41,7 @@ async fn nano_node_rpc_from_npm_works_against_the_gateway() {
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tokio::process::Command::new("node")
-            .arg(js_dir().join("client.js"))
+            .arg(npm::js_dir("js-nano").join("client.js"))
             .args([&url, ACCOUNT])
             .kill_on_drop(true)
             .output(),

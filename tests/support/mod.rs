@@ -16,3 +16,5 @@ pub mod mesh;
 pub mod nano_stub;
 #[allow(dead_code)]
 pub mod natlab;
+#[allow(dead_code)]
+pub mod npm;
