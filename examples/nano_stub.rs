@@ -1,5 +1,5 @@
 //! The Nano node stand-in of the tests, as a process: answers Nano RPC POSTs from the
-//! fixtures recorded from a real RsNano node (`../shared/fixtures/nano-rpc`), for
+//! fixtures recorded from a real RsNano node (`tests/fixtures/nano-rpc`), for
 //! measuring the relay path without a node (`benches/mesh.sh`).
 //!
 //! ```text

@@ -2,8 +2,8 @@
 //!
 //! Three lists, each with its source:
 //!
-//! - [`READ_ONLY_ACTIONS`]: what a relay serves by default (the design card,
-//!   `design.md`, section "Nano node RPC").
+//! - [`READ_ONLY_ACTIONS`]: what a relay serves by default (`docs/protocol.md`
+//!   §4, which also gives the reasons).
 //! - [`OPT_IN_ACTIONS`]: what an operator may add, one by one, with
 //!   [`Policy::allow`](super::Policy::allow).
 //! - [`NANO_NODE_ACTIONS`] and [`RETIRED_NANO_NODE_ACTIONS`]: every action nano-node's RPC
@@ -15,7 +15,7 @@
 
 /// The read-only default allowlist of a relay, in the design card's order.
 ///
-/// Source: `design.md`, section "Nano node RPC" ("Read-only default"). These actions read
+/// Source: `docs/protocol.md` §4 (the read-only default). These actions read
 /// the ledger, convert units or describe the node; none of them touches a wallet, the
 /// node's peers or its configuration, or publishes anything.
 pub const READ_ONLY_ACTIONS: &[&str] = &[
@@ -62,7 +62,7 @@ pub const READ_ONLY_ACTIONS: &[&str] = &[
 
 /// Actions an operator may add to a relay's allowlist, each on its own.
 ///
-/// Source: `design.md`, section "Nano node RPC" ("Opt-in per relay"):
+/// Source: `docs/protocol.md` §4 (the opt-ins):
 ///
 /// - `process` publishes a signed block. It is never forwarded with a truthy `force`
 ///   (which makes the node replace a block it already has in a fork).

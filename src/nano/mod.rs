@@ -4,7 +4,7 @@
 //! reference is <https://docs.nano.org/commands/rpc-protocol/>). A worker that offers it to
 //! strangers must not offer all of it: nano-node's own "control" switch leaves
 //! `wallet_export`, `sign`, `key_expand`, `peers`, `bootstrap`, `stats_clear` and more
-//! open, so the relay keeps its own allowlist (`design.md`, section "Nano node RPC").
+//! open, so the relay keeps its own allowlist (`docs/protocol.md` §4).
 //!
 //! ```text
 //!  caller ── QUIC stream ──▶ worker ──▶ Policy::check ──▶ NanoRelay ── POST / ──▶ node

@@ -10,7 +10,7 @@
 //!    `action` the node could run an action this check never saw.
 //! 2. `action` is a string on the allowlist: [`READ_ONLY_ACTIONS`] plus the
 //!    [`OPT_IN_ACTIONS`] the operator added with [`Policy::allow`]. Anything else, unknown
-//!    names included, is refused (`design.md`, "Nano node RPC": the node's own control
+//!    names included, is refused (`docs/protocol.md` §4: the node's own control
 //!    flag is no safe boundary).
 //! 3. `process` is refused when `force` is anything but false (`false`, `"false"`, `0`,
 //!    `"0"`): a forced `process` makes the node replace a block it already has

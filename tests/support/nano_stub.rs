@@ -2,7 +2,7 @@
 //!
 //! [`NanoStub::start`] serves HTTP/1.1 on `127.0.0.1` at a port the OS picks and answers
 //! every POST from the fixtures recorded from a real RsNano node on a dev network
-//! (`../shared/fixtures/nano-rpc/rsnano-dev-fixtures.jsonl`, see [`fixtures`]): a request
+//! (`tests/fixtures/nano-rpc/rsnano-dev-fixtures.jsonl`, see [`fixtures`]): a request
 //! whose JSON equals a fixture's request gets that fixture's status and body, verbatim.
 //! A request no fixture matches gets what the chosen [`Mode`]'s node would answer to an
 //! unknown action. The stub records every request that reached it (method, path, headers,
@@ -26,8 +26,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Path of the fixture file, relative to this package: `../shared/fixtures/...`.
-const FIXTURES: &str = "../shared/fixtures/nano-rpc/rsnano-dev-fixtures.jsonl";
+/// Path of the fixture file, relative to this package.
+const FIXTURES: &str = "tests/fixtures/nano-rpc/rsnano-dev-fixtures.jsonl";
 
 /// Which node the stub imitates when no fixture matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +98,8 @@ pub fn fixtures() -> Vec<Fixture> {
     let path = fixtures_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "Nano RPC fixtures not found at {} ({e}); they are expected in \
-             ../shared/fixtures/nano-rpc/ next to this package",
+            "Nano RPC fixtures not found at {} ({e}); they are part of \
+             the repository (tests/fixtures/nano-rpc/)",
             path.display()
         )
     });
