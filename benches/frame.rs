@@ -2,7 +2,7 @@
 //! payloads of 100 B, 4 KiB and 64 KiB (`cargo bench --bench frame`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nano_connect::frame::{self, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+use nano_connect::protocol::frame::{self, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
 
 /// Limit passed to the codec: above every payload measured.
 const LIMIT: usize = 8 * 1024 * 1024;

@@ -8,9 +8,9 @@
 //!
 //! It asks one worker (`request`) and then every worker (`map`) for the first N numbers.
 
+use nano_connect::discovery::link::Link;
 use nano_connect::fibonacci::FIBONACCI_KEY;
-use nano_connect::link::Link;
-use nano_connect::rpc::{RpcClient, RpcClientConfig};
+use nano_connect::route::{RpcClient, RpcClientConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

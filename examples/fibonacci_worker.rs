@@ -12,9 +12,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use nano_connect::discovery::link::Link;
 use nano_connect::fibonacci::{FibonacciService, FIBONACCI_KEY};
-use nano_connect::link::Link;
-use nano_connect::rpc::{RpcServer, RpcServerConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

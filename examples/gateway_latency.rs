@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use grape::{Grape, GrapeConfig};
+use nano_connect::discovery::link::Link;
 use nano_connect::gateway::{self, Gateway, GatewayConfig};
-use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig};
-use nano_connect::rpc::{RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 const KEY: &str = "nano_rpc";
 const REQUEST: &str = r#"{"action":"block_count"}"#;

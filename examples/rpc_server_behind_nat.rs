@@ -19,12 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nano_connect::discovery::link::Link;
 use nano_connect::fibonacci::FibonacciService;
-use nano_connect::link::Link;
-use nano_connect::nat::broker_proto::{encode_punch, Nonce, NONCE_LEN};
-use nano_connect::nat::socket::NatSocket;
-use nano_connect::rpc::{RpcServer, RpcServerConfig};
+use nano_connect::protocol::broker::{encode_punch, Nonce, NONCE_LEN};
+use nano_connect::transport::nat_socket::NatSocket;
 use nano_connect::transport::{server_endpoint, QuicConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 const KEY: &str = "fibonacci_worker";
 

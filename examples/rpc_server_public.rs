@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use nano_connect::link::Link;
-use nano_connect::nat::broker_proto::{decode, encode_punch, Datagram, NONCE_LEN};
-use nano_connect::nat::socket::NatSocket;
-use nano_connect::rpc::{RpcClient, RpcClientConfig};
+use nano_connect::discovery::link::Link;
+use nano_connect::protocol::broker::{decode, encode_punch, Datagram, NONCE_LEN};
+use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::transport::nat_socket::NatSocket;
 use nano_connect::transport::{client_endpoint, QuicConfig};
 use tokio_util::sync::CancellationToken;
 

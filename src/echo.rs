@@ -15,7 +15,7 @@
 //! a benchmark send requests of one size and get answers of another (for example 100 B
 //! requests with 200 B or 64 KiB answers).
 
-use crate::frame::ErrorCode;
+use crate::protocol::frame::ErrorCode;
 use crate::service::{Handler, Reply, Request};
 
 /// The service key an echo worker announces by default.

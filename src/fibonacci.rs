@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::frame::ErrorCode;
+use crate::protocol::frame::ErrorCode;
 use crate::service::{Handler, Reply, Request};
 
 /// The service key the tutorial announces.

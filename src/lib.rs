@@ -4,46 +4,43 @@
 //! # Roles
 //!
 //! - **grape** (crate [`grape`], re-exported here): a BitTorrent mainline DHT node
-//!   (BEP 5, BEP 44) with Grenache's HTTP API (`/announce`, `/lookup`, `/put`, `/get`).
-//! - **worker**: runs next to a Nano node, announces a service key through its grape, and
-//!   answers RPC frames on QUIC streams ([`rpc::RpcServer`]) with a [`service::Handler`]
-//!   such as [`nano::NanoRelay`], which forwards allowlisted actions to the node.
-//! - **client**: looks the key up and sends RPC frames ([`rpc::RpcClient`]).
+//!   (BEP 5, BEP 44) with Grenache's HTTP API (`/announce`, `/lookup`, `/put`, `/get`),
+//!   and next to it the [`broker`] (STUN, rendezvous, relay) for peers behind NATs.
+//! - **worker** ([`worker`]): runs next to a Nano node, announces a service key, and
+//!   answers RPC frames on QUIC streams with a [`service::Handler`] such as
+//!   [`nano::NanoRelay`], which forwards allowlisted actions to the node.
+//! - **client** ([`route`]): looks the key up and sends RPC frames to a worker.
 //!
-//! # Layout
+//! # Layout, bottom to top
 //!
-//! - [`frame`]: the wire frames and their codec (pure, no I/O).
-//! - [`service`]: the [`service::Handler`] trait a worker serves with.
-//! - [`link`]: the Grenache link: announce and lookup through a grape's HTTP API.
-//! - [`transport`]: the UDP socket and the QUIC endpoint settings.
-//! - [`rpc`]: the RPC server (worker side) and client (caller side) over QUIC.
-//! - [`gateway`]: the Nano node RPC dialect on a local HTTP port, carried by the mesh.
-//! - [`nano`]: the Nano RPC relay: allowlist policy (pure) and the HTTP forwarder.
-//! - [`health`]: a worker announces only while its node answers.
-//! - [`limits`]: per-client rate limiting of a worker's handler.
-//! - [`metrics`]: Prometheus metrics of a worker and the `/metrics` endpoint.
-//! - [`nat`]: NAT traversal: STUN, the broker (rendezvous and relay), hole punching.
-//! - [`echo`]: an echo service of chosen answer sizes, for benchmarks.
-//! - [`bench`]: the load generator behind `nano-connect bench`.
-//! - [`fibonacci`]: the Grenache tutorial's service, for demos and benchmarks.
+//! - [`protocol`]: the wire, pure: frames, broker datagrams, STUN, punch schedule.
+//! - [`transport`]: the one UDP socket per role and the QUIC endpoints on it.
+//! - [`traversal`]: NAT traversal both peers share: exchanges with a broker, the mapping
+//!   check, the birthday method.
+//! - [`discovery`]: announce and lookup in the DHT (through a grape's HTTP API).
+//! - [`worker`], [`route`], [`broker`]: the three roles, side by side.
+//! - [`service`], [`nano`], [`echo`], [`fibonacci`]: what a worker serves.
+//! - [`limits`], [`metrics`]: rate limits and Prometheus metrics.
+//! - [`gateway`], [`bench`]: faces on top (with the CLI in `src/cli/`).
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
 pub mod bench;
+pub mod broker;
 pub mod defaults;
+pub mod discovery;
 pub mod echo;
 pub mod fibonacci;
-pub mod frame;
 pub mod gateway;
-pub mod health;
 pub mod limits;
-pub mod link;
 pub mod metrics;
 pub mod nano;
-pub mod nat;
-pub mod rpc;
+pub mod protocol;
+pub mod route;
 pub mod service;
 pub mod transport;
+pub mod traversal;
+pub mod worker;
 
 pub use grape;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::frame::ErrorCode;
+use crate::protocol::frame::ErrorCode;
 use crate::service::{Handler, Reply, Request};
 
 /// A client's quota.

@@ -1,14 +1,14 @@
 //! What a worker serves: the [`Handler`] trait and the values it takes and gives.
 //!
-//! A worker's RPC server decodes each stream's [`RequestFrame`](crate::frame::RequestFrame)
+//! A worker's RPC server decodes each stream's [`RequestFrame`](crate::protocol::frame::RequestFrame)
 //! into a [`Request`], hands it to its handler, and encodes the [`Reply`] into a
-//! [`ResponseFrame`](crate::frame::ResponseFrame). Handlers never see bytes of the wire
+//! [`ResponseFrame`](crate::protocol::frame::ResponseFrame). Handlers never see bytes of the wire
 //! format, and the server never sees what the payload means.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::frame::{ErrorCode, WireError};
+use crate::protocol::frame::{ErrorCode, WireError};
 
 /// One decoded request, as a handler sees it.
 #[derive(Debug, Clone)]

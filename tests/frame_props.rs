@@ -1,7 +1,7 @@
 //! Property tests of the frame codec: every frame round-trips, the encoded length is
 //! what the prefix says, and no input bytes make the decoder panic.
 
-use nano_connect::frame::{
+use nano_connect::protocol::frame::{
     self, ErrorCode, RequestFrame, ResponseFrame, WireError, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;

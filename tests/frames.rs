@@ -5,11 +5,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nano_connect::fibonacci::{FibonacciService, FIBONACCI_KEY};
-use nano_connect::frame::{
+use nano_connect::protocol::frame::{
     self, ErrorCode, RequestFrame, ResponseFrame, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
-use nano_connect::rpc::{CallError, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use nano_connect::route::{CallError, RpcClient, RpcClientConfig};
 use nano_connect::transport::{bind_udp, client_endpoint, QuicConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 const LIMIT: usize = 4096;
 

@@ -8,10 +8,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use nano_connect::frame::ErrorCode;
-use nano_connect::link::Link;
+use nano_connect::discovery::link::Link;
 use nano_connect::nano::actions::{NANO_NODE_ACTIONS, READ_ONLY_ACTIONS};
-use nano_connect::rpc::{CallError, RpcClient, RpcClientConfig};
+use nano_connect::protocol::frame::ErrorCode;
+use nano_connect::route::{CallError, RpcClient, RpcClientConfig};
 use serde_json::Value;
 use support::mesh::{self, two_grapes, wait_announced};
 use support::nano_stub::{fixtures, Mode, NanoStub};

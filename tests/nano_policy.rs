@@ -11,11 +11,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use nano_connect::frame::{ErrorCode, WireError};
 use nano_connect::nano::actions::{
     NANO_NODE_ACTIONS, OPT_IN_ACTIONS, READ_ONLY_ACTIONS, RETIRED_NANO_NODE_ACTIONS,
 };
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, NanoRelayError, Policy, ProbeError};
+use nano_connect::protocol::frame::{ErrorCode, WireError};
 use nano_connect::service::{Handler, Reply, Request};
 use serde_json::{json, Value};
 use support::nano_stub::{fixtures, Mode, NanoStub};

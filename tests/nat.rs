@@ -8,10 +8,10 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use nano_connect::nat::broker_proto::{
+use nano_connect::protocol::broker::{
     decode, encode_broker, encode_punch, BrokerMessage, Datagram, Role, NONCE_LEN,
 };
-use nano_connect::nat::peer::{broker_of, netcheck, stun_query, Mapping};
+use nano_connect::traversal::{broker_of, netcheck, stun_query, Mapping};
 use support::mesh::{run, Process};
 
 /// A grape with its broker on loopback; `extra` are more flags.

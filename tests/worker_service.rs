@@ -8,8 +8,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nano_connect::frame::ErrorCode;
-use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
+use nano_connect::protocol::frame::ErrorCode;
+use nano_connect::route::{Answer, CallError, RpcClient, RpcClientConfig};
 use serde_json::{json, Value};
 use support::mesh::{self, poll, wait_announced};
 use support::nano_stub::{Mode, NanoStub};
@@ -69,7 +69,7 @@ impl Setup {
 }
 
 #[track_caller]
-fn refusal(result: Result<Answer, CallError>) -> nano_connect::frame::WireError {
+fn refusal(result: Result<Answer, CallError>) -> nano_connect::protocol::frame::WireError {
     match result {
         Err(CallError::Refused { error, .. }) => error,
         other => panic!("expected a refusal, got {other:?}"),

@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use nano_connect::broker::rendezvous::RendezvousConfig;
+use nano_connect::broker::Broker;
 use nano_connect::fibonacci::FibonacciService;
-use nano_connect::nat::broker::Broker;
-use nano_connect::nat::peer::{
-    connect_via_broker, run_worker_agent, ConnectConfig, WorkerAgentConfig,
-};
-use nano_connect::nat::rendezvous::RendezvousConfig;
-use nano_connect::nat::socket::NatSocket;
-use nano_connect::rpc::{RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use nano_connect::route::reach::{connect_via_broker, ConnectConfig};
+use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::transport::nat_socket::NatSocket;
 use nano_connect::transport::{client_endpoint, server_endpoint, QuicConfig};
+use nano_connect::worker::presence::{run_worker_agent, WorkerAgentConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "fibonacci_worker";

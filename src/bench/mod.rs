@@ -21,8 +21,8 @@ use quinn::{Connection, Endpoint};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::link::Link;
-use crate::rpc::{CallError, RpcClient, RpcClientConfig};
+use crate::discovery::link::Link;
+use crate::route::{CallError, RpcClient, RpcClientConfig};
 use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError, SERVER_NAME};
 
 /// Highest latency the histograms record, µs (60 s); longer ones are clamped to it.

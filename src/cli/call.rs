@@ -7,17 +7,16 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use nano_connect::defaults::{DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
-use nano_connect::frame::ErrorCode;
-use nano_connect::link::Link;
+use nano_connect::discovery::link::Link;
 use nano_connect::nano::retry::{failover_safe, options_for};
-use nano_connect::nat::broker_proto::RefusalCode;
-use nano_connect::nat::peer::{
-    broker_of, connect_via_broker, BrokerError, Brokered, ConnectConfig, PathKind,
-};
-use nano_connect::nat::socket::{Diverted, NatSocket};
-use nano_connect::rpc::quorum::{request_quorum, QuorumError};
-use nano_connect::rpc::{Answer, CallError, RpcClient, RpcClientConfig};
+use nano_connect::protocol::broker::RefusalCode;
+use nano_connect::protocol::frame::ErrorCode;
+use nano_connect::route::quorum::{request_quorum, QuorumError};
+use nano_connect::route::reach::{connect_via_broker, Brokered, ConnectConfig, PathKind};
+use nano_connect::route::{Answer, CallError, RpcClient, RpcClientConfig};
 use nano_connect::transport::client_endpoint;
+use nano_connect::transport::nat_socket::{Diverted, NatSocket};
+use nano_connect::traversal::{broker_of, BrokerError};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 

@@ -7,10 +7,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use grape::{Grape, GrapeConfig};
 use nano_connect::defaults::{DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY};
+use nano_connect::discovery::link::Link;
 use nano_connect::fibonacci::{FibonacciService, FIBONACCI_KEY};
-use nano_connect::link::Link;
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
-use nano_connect::rpc::{RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 use super::worker::WorkerService;
 

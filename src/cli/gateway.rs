@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
+use nano_connect::discovery::link::Link;
 use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
-use nano_connect::link::Link;
 use nano_connect::metrics::{Exposition, GatewayMetrics};
-use nano_connect::rpc::{RpcClient, RpcClientConfig};
+use nano_connect::route::{RpcClient, RpcClientConfig};
 use tracing::info;
 
 /// Serve the Nano node RPC on a local HTTP port and carry every request through the mesh.

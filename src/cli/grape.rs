@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use grape::{Grape, GrapeConfig};
-use nano_connect::nat::broker::Broker;
-use nano_connect::nat::rendezvous::{RelayConfig, RendezvousConfig};
+use nano_connect::broker::rendezvous::{RelayConfig, RendezvousConfig};
+use nano_connect::broker::Broker;
 use tracing::info;
 
 /// Run a grape: a BitTorrent mainline DHT node (BEP 5, BEP 44) in server mode, and the
@@ -128,7 +128,7 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
             .context("--relay-max-secs must be a positive number of seconds")?;
         let port = match args.broker_port {
             Some(port) => port,
-            None => nano_connect::nat::peer::broker_port(grape.dht_addr().port()),
+            None => nano_connect::traversal::broker_port(grape.dht_addr().port()),
         };
         let config = RendezvousConfig {
             relay: RelayConfig {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use nano_connect::nat::peer::{broker_of, netcheck, Mapping, NetReport};
+use nano_connect::traversal::{broker_of, netcheck, Mapping, NetReport};
 
 /// Check this host's NAT through a grape's broker: the reflexive (public) address, and
 /// whether the NAT maps endpoint-independently (RFC 4787: the same public port toward

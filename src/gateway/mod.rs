@@ -30,7 +30,7 @@
 //! retried on another worker within the client's attempt budget, `process` and the other
 //! opt-ins are sent once. With [`GatewayConfig::quorum`] N > 1, each read-only request is
 //! sent to N distinct workers and answered only when a strict majority agree byte for
-//! byte ([`crate::rpc::quorum`]). The opt-ins are still sent once: `process` through
+//! byte ([`crate::route::quorum`]). The opt-ins are still sent once: `process` through
 //! three nodes would publish one block three times, and the later nodes' "Old block"
 //! answers would make a published block look like a disagreement.
 //!
@@ -49,11 +49,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::frame::ErrorCode;
 use crate::metrics::GatewayMetrics;
 use crate::nano::retry::{action_of, failover_safe, options_for};
-use crate::rpc::quorum::{request_quorum, QuorumError};
-use crate::rpc::{Answer, CallError, RpcClient};
+use crate::protocol::frame::ErrorCode;
+use crate::route::quorum::{request_quorum, QuorumError};
+use crate::route::{Answer, CallError, RpcClient};
 
 pub use crate::defaults::DEFAULT_GATEWAY_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES;
 

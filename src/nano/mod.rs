@@ -30,7 +30,7 @@
 //!   unchanged: nano-node's errors are HTTP 200 with `{"error": "..."}`, RsNano's
 //!   refusals of malformed requests are HTTP 422 with plain text. Failures of the relay
 //!   itself (no node, no answer in time, an answer too large) are wire errors
-//!   ([`crate::frame::ErrorCode`]), never made-up node answers.
+//!   ([`crate::protocol::frame::ErrorCode`]), never made-up node answers.
 //!
 //! # Layout
 //!

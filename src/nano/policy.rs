@@ -39,7 +39,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 use super::actions::{OPT_IN_ACTIONS, READ_ONLY_ACTIONS};
-use crate::frame::{ErrorCode, WireError};
+use crate::protocol::frame::{ErrorCode, WireError};
 
 /// Default cap on a request's `count`, in items.
 ///

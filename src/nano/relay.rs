@@ -14,7 +14,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Url};
 
 use super::policy::Policy;
-use crate::frame::{ErrorCode, WireError};
+use crate::protocol::frame::{ErrorCode, WireError};
 use crate::service::{Handler, Reply, Request};
 
 /// Default deadline of one request to the node, from connecting to the answer's last

@@ -10,7 +10,7 @@
 //! reported as it is.
 
 use super::actions::READ_ONLY_ACTIONS;
-use crate::rpc::RequestOptions;
+use crate::route::RequestOptions;
 
 /// The string `action` of a Nano RPC body, if it is a JSON object that has one.
 pub fn action_of(body: &[u8]) -> Option<String> {

@@ -1,9 +1,10 @@
 //! The transport under the RPC layer: one UDP socket per process role, built with
 //! socket2, and a QUIC endpoint (RFC 9000, quinn) on it.
 
+pub mod nat_socket;
 mod quic;
-mod socket;
+mod udp;
 
 pub(crate) use quic::SERVER_NAME;
 pub use quic::{client_endpoint, server_endpoint, EndpointSocket, QuicConfig, TransportError};
-pub use socket::bind_udp;
+pub use udp::bind_udp;

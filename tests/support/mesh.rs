@@ -218,7 +218,7 @@ where
 
 /// Looks `key` up through the grape at `url` with no cache, as addresses `ip:port`.
 pub async fn lookup(url: &str, key: &str) -> Vec<String> {
-    nano_connect::link::Link::with_cache_ttl(url, Duration::ZERO)
+    nano_connect::discovery::link::Link::with_cache_ttl(url, Duration::ZERO)
         .lookup(key)
         .await
         .map(|found| found.iter().map(ToString::to_string).collect())

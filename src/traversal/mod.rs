@@ -1,38 +1,29 @@
-//! The peers' side of the broker protocol, on a [`NatSocket`]: the worker's
-//! registration and punching agent ([`worker`]), the client's connect, direct, punched
-//! or relayed ([`client`]), and the mapping check behind `netcheck` ([`netcheck`]).
-//! This module holds what they share: broker discovery, request/answer exchanges with
-//! resends, and the birthday method's sockets and probes.
+//! NAT traversal as both peers do it, on a [`NatSocket`]: what the worker's presence
+//! ([`crate::worker`]) and the client's route ([`crate::route`]) share. Broker discovery,
+//! request/answer exchanges with resends, the mapping check behind `netcheck`
+//! ([`mapping`]), and the birthday method's sockets and probes.
 
-mod client;
-mod netcheck;
-mod worker;
+pub mod mapping;
 
-pub use client::{connect_via_broker, Brokered, ConnectConfig, PathKind};
-pub use netcheck::{netcheck, stun_query, Mapping, NetReport};
-pub use worker::{run_worker_agent, ServeExtra, WorkerAgentConfig};
+pub use mapping::{netcheck, stun_query, Mapping, NetReport};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint};
-use tokio::sync::{mpsc, watch};
+use quinn::Endpoint;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::broker_proto::{
-    decode, encode_broker, encode_punch, BrokerMessage, Datagram, Nonce, RefusalCode, Role,
+use crate::defaults::DEFAULT_BROKER_RETRY;
+use crate::protocol::broker::{
+    decode, encode_broker, encode_punch, BrokerMessage, Datagram, Nonce, RefusalCode,
 };
-use super::punch::{birthday_ports, PunchSchedule, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS};
-use super::socket::{circuit_addr, Diverted, NatSocket};
-use super::stun;
-use crate::defaults::{
-    DEFAULT_BROKER_RETRY, DEFAULT_PUNCH_DEADLINE, DEFAULT_REGISTRATION_INTERVAL,
-};
-use crate::transport::SERVER_NAME;
+use crate::protocol::punch::{birthday_ports, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS};
+use crate::protocol::stun;
+use crate::transport::nat_socket::{Diverted, NatSocket};
 
 /// The UDP port of a grape's broker, by convention, from the grape's DHT port: DHT port
 /// + 10000, or − 10000 when that would pass 65535 (docs/protocol.md §5.1).
@@ -113,17 +104,17 @@ pub fn local_addrs(local: SocketAddr, toward: SocketAddr) -> Vec<SocketAddr> {
 
 /// A NAT socket's diverted datagrams with a stash for those read while waiting for
 /// something else.
-struct Inbox {
-    socket: Arc<NatSocket>,
-    rx: mpsc::Receiver<Diverted>,
-    stash: VecDeque<Diverted>,
+pub(crate) struct Inbox {
+    pub(crate) socket: Arc<NatSocket>,
+    pub(crate) rx: mpsc::Receiver<Diverted>,
+    pub(crate) stash: VecDeque<Diverted>,
 }
 
 impl Inbox {
     /// Sends `message` to `broker` and waits for the answer with the same `tx`,
     /// resending every 250 ms, until `timeout`. Returns the answer and the RTT of the
     /// exchange that got it.
-    async fn ask(
+    pub(crate) async fn ask(
         &mut self,
         broker: SocketAddr,
         message: &BrokerMessage,
@@ -163,7 +154,7 @@ impl Inbox {
         }
     }
 
-    async fn next(&mut self) -> Option<Diverted> {
+    pub(crate) async fn next(&mut self) -> Option<Diverted> {
         match self.stash.pop_front() {
             Some(d) => Some(d),
             None => self.rx.recv().await,
@@ -171,7 +162,7 @@ impl Inbox {
     }
 
     /// A STUN Binding exchange with `server`: our reflexive address as it saw us.
-    async fn stun(
+    pub(crate) async fn stun(
         &mut self,
         server: SocketAddr,
         timeout: Duration,
@@ -209,7 +200,7 @@ impl Inbox {
 impl Inbox {
     /// Ping the broker, then STUN its alternate port: the RTT, the reflexive address,
     /// and whether the mapping differs per destination (endpoint-dependent).
-    pub(super) async fn mapping_check(
+    pub(crate) async fn mapping_check(
         &mut self,
         broker: SocketAddr,
         timeout: Duration,
@@ -236,7 +227,7 @@ impl Inbox {
 
 /// Opens the birthday method's sockets on `ip` and sends one punch from each to
 /// `target` (docs/protocol.md §5.4); each opens its own NAT mapping toward it.
-async fn birthday_sockets(
+pub(crate) async fn birthday_sockets(
     ip: IpAddr,
     target: SocketAddr,
     nonce: &Nonce,
@@ -260,7 +251,7 @@ async fn birthday_sockets(
 
 /// Waits until one of `sockets` receives a punch or echo carrying `nonce`; returns
 /// that socket and the datagram's source.
-async fn birthday_match(
+pub(crate) async fn birthday_match(
     sockets: Vec<tokio::net::UdpSocket>,
     nonce: Nonce,
     until: tokio::time::Instant,
@@ -289,7 +280,7 @@ async fn birthday_match(
 
 /// The endpoint-independent side's birthday probes: one punch to each of
 /// [`BIRTHDAY_PROBES`] random ports of `ip`, in bursts so as not to overflow buffers.
-async fn birthday_probes(socket: Arc<NatSocket>, ip: IpAddr, nonce: Nonce) {
+pub(crate) async fn birthday_probes(socket: Arc<NatSocket>, ip: IpAddr, nonce: Nonce) {
     let punch = encode_punch(&nonce, false);
     let ports = birthday_ports(&mut rand::rng(), BIRTHDAY_PROBES);
     for chunk in ports.chunks(256) {
@@ -302,9 +293,9 @@ async fn birthday_probes(socket: Arc<NatSocket>, ip: IpAddr, nonce: Nonce) {
 
 /// Delay before the endpoint-independent side probes, so that the symmetric side's
 /// mappings exist when the probes reach its NAT.
-const BIRTHDAY_PROBE_DELAY: Duration = Duration::from_millis(30);
+pub(crate) const BIRTHDAY_PROBE_DELAY: Duration = Duration::from_millis(30);
 
-fn answer_tx(message: &BrokerMessage) -> Option<u64> {
+pub(crate) fn answer_tx(message: &BrokerMessage) -> Option<u64> {
     match message {
         BrokerMessage::Pong { tx, .. }
         | BrokerMessage::Registered { tx, .. }
@@ -315,12 +306,12 @@ fn answer_tx(message: &BrokerMessage) -> Option<u64> {
     }
 }
 
-fn millis_u32(d: Duration) -> u32 {
+pub(crate) fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// A client endpoint on `socket`, whose only job is to read it.
-fn reader(socket: &Arc<NatSocket>) -> Result<Endpoint, BrokerError> {
+pub(crate) fn reader(socket: &Arc<NatSocket>) -> Result<Endpoint, BrokerError> {
     let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
     crate::transport::client_endpoint(abstract_socket, &crate::transport::QuicConfig::default())
         .map_err(|e| BrokerError::NoPath(e.to_string()))

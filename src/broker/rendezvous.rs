@@ -3,7 +3,7 @@
 //! Inputs are values and the current time: [`Rendezvous::handle`] for a broker message,
 //! [`Rendezvous::handle_relay`] for a relay frame, [`Rendezvous::handle_timeout`] when
 //! [`Rendezvous::poll_timeout`]'s instant has passed. Outputs are the datagrams to send.
-//! The driver (`nat::broker`) owns the sockets and the clock.
+//! The driver ([`crate::broker`]) owns the sockets and the clock.
 //!
 //! - **Registrations**: a worker's `Register`, sent from its QUIC socket, records the
 //!   source address (the mapping QUIC will use) under its key until `registration_ttl`
@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::broker_proto::{BrokerMessage, Nonce, RefusalCode, Role, RELAY_HEADER_LEN};
 use crate::defaults::{
     DEFAULT_CONNECTS_PER_MINUTE, DEFAULT_INTRODUCTION_TTL, DEFAULT_REGISTRATION_TTL,
     DEFAULT_RELAY_MAX_BYTES, DEFAULT_RELAY_MAX_CIRCUITS, DEFAULT_RELAY_MAX_DURATION,
     DEFAULT_RELAY_REQUESTS_PER_MINUTE,
 };
+use crate::protocol::broker::{BrokerMessage, Nonce, RefusalCode, Role, RELAY_HEADER_LEN};
 
 /// Limits of the broker's relay, after libp2p circuit relay v2's resource manager.
 #[derive(Debug, Clone)]

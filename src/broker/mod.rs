@@ -13,10 +13,12 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
-use super::broker_proto::{decode, encode_broker, BrokerMessage, Datagram};
-use super::rendezvous::{RelayVerdict, Rendezvous, RendezvousConfig};
-use super::stun;
+pub mod rendezvous;
+
+use crate::protocol::broker::{decode, encode_broker, BrokerMessage, Datagram};
+use crate::protocol::stun;
 use crate::transport::bind_udp;
+use rendezvous::{RelayVerdict, Rendezvous, RendezvousConfig};
 
 /// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
 #[derive(Debug)]

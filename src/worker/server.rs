@@ -12,7 +12,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::defaults::{
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_READ_TIMEOUT,
 };
-use crate::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
+use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
 use crate::service::{Handler, Reply, Request};
 use crate::transport::{bind_udp, server_endpoint, QuicConfig, TransportError};
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::link::Link;
+use crate::discovery::link::Link;
 use crate::nano::NanoRelay;
 
 pub use crate::defaults::DEFAULT_HEALTH_INTERVAL;

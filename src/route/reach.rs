@@ -1,7 +1,19 @@
 //! The client's connect through a broker: introduction, punching or the birthday
 //! method, and the relay as the fallback.
 
-use super::*;
+use crate::defaults::DEFAULT_PUNCH_DEADLINE;
+use crate::protocol::broker::{decode, encode_punch, BrokerMessage, Datagram, Nonce};
+use crate::transport::nat_socket::{circuit_addr, Diverted, NatSocket};
+use crate::transport::SERVER_NAME;
+use crate::traversal::*;
+use quinn::{Connection, Endpoint};
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
 
 /// How a connection reached the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,23 @@
 //! The worker's broker agent: registration with keep-alive, and punching toward the
 //! clients the broker introduces.
 
-use super::*;
+use crate::defaults::{
+    DEFAULT_BROKER_RETRY, DEFAULT_PUNCH_DEADLINE, DEFAULT_REGISTRATION_INTERVAL,
+};
+use crate::protocol::broker::{
+    decode, encode_broker, encode_punch, BrokerMessage, Datagram, Nonce, Role,
+};
+use crate::protocol::punch::PunchSchedule;
+use crate::transport::nat_socket::{Diverted, NatSocket};
+use crate::traversal::*;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
 /// Settings of a worker's broker agent.
 #[derive(Debug, Clone)]

@@ -22,13 +22,13 @@ use crate::defaults::{
     DEFAULT_DEAD_ADDRESS_TTL, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
-use crate::frame::{
+use crate::discovery::link::{Link, LinkError};
+use crate::protocol::frame::{
     self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
 };
-use crate::link::{Link, LinkError};
 use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError, SERVER_NAME};
 
-use super::CLOSE_NORMAL;
+use crate::worker::CLOSE_NORMAL;
 
 /// Settings of an [`RpcClient`].
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 
-use super::broker_proto::{encode_relay, RELAY_HEADER_LEN, TAG_RELAY};
+use crate::protocol::broker::{encode_relay, RELAY_HEADER_LEN, TAG_RELAY};
 
 /// A datagram diverted from the QUIC socket: its source and bytes.
 pub type Diverted = (SocketAddr, Vec<u8>);

@@ -220,7 +220,7 @@ pub enum ProtoError {
 pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, ProtoError> {
     let (&tag, rest) = bytes.split_first().ok_or(ProtoError::UnknownKind)?;
     match tag {
-        0x00 | 0x01 if crate::nat::stun::is_stun(bytes) => Ok(Datagram::Stun(bytes)),
+        0x00 | 0x01 if crate::protocol::stun::is_stun(bytes) => Ok(Datagram::Stun(bytes)),
         TAG_BROKER => {
             if bytes.len() > MAX_BROKER_MESSAGE_BYTES {
                 return Err(ProtoError::TooLarge);

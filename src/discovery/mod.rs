@@ -1,0 +1,3 @@
+//! Discovery: finding workers and brokers in the DHT.
+
+pub mod link;

@@ -1,0 +1,13 @@
+//! The wire, pure: codecs and rules that take values and return values, with no socket
+//! and no clock. Everything above (transport, worker, route, broker) is built on these.
+//!
+//! - [`frame`]: RPC request and response frames on QUIC streams (docs/protocol.md §3).
+//! - [`broker`]: the non-QUIC datagrams that share a socket with QUIC: broker messages,
+//!   relay frames, punches (§5).
+//! - [`stun`]: STUN Binding request and response (RFC 8489), on bytes.
+//! - [`punch`]: the punch schedule and the birthday method's ports.
+
+pub mod broker;
+pub mod frame;
+pub mod punch;
+pub mod stun;
