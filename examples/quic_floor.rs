@@ -110,7 +110,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn server(port: u16) -> anyhow::Result<()> {
     let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    let endpoint = server_endpoint(socket, &QuicConfig::default())?;
+    let endpoint = server_endpoint(
+        socket,
+        &QuicConfig::default(),
+        &nano_connect::protocol::identity::NodeKey::generate(),
+    )?;
     println!(
         "{}",
         serde_json::json!({"event": "listening", "addr": endpoint.local_addr()?.to_string()})

@@ -43,7 +43,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "http://127.0.0.1:30002".into());
     let (socket, mut diverted) = NatSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     let quinn_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint = server_endpoint(quinn_socket, &QuicConfig::default())?;
+    let endpoint = server_endpoint(
+        quinn_socket,
+        &QuicConfig::default(),
+        &nano_connect::protocol::identity::NodeKey::generate(),
+    )?;
     let server = RpcServer::serve(endpoint, RpcServerConfig::default(), FibonacciService);
     println!(
         "worker on {}, punching toward consumers of {KEY}",

@@ -46,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
     // 2. The worker: QUIC and the broker protocol share one socket.
     let (socket, diverted) = NatSocket::bind(loopback(0))?;
     let quinn_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint = server_endpoint(quinn_socket, &QuicConfig::default())?;
+    let endpoint = server_endpoint(
+        quinn_socket,
+        &QuicConfig::default(),
+        &nano_connect::protocol::identity::NodeKey::generate(),
+    )?;
     let server = RpcServer::serve(endpoint, RpcServerConfig::default(), FibonacciService);
     let cancel = CancellationToken::new();
     let (registered_tx, registered) = tokio::sync::oneshot::channel();

@@ -23,7 +23,8 @@ use tokio::task::JoinSet;
 
 use crate::discovery::link::Link;
 use crate::route::{CallError, RpcClient, RpcClientConfig};
-use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError, SERVER_NAME};
+use crate::transport::tls::ANY_NODE;
+use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError};
 
 /// Highest latency the histograms record, µs (60 s); longer ones are clamped to it.
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -426,7 +427,7 @@ pub async fn open_idle(
             let index = next;
             pending.spawn(async move {
                 let connecting = endpoint
-                    .connect(addr, SERVER_NAME)
+                    .connect(addr, ANY_NODE)
                     .map_err(|e| (index, e.to_string()))?;
                 match tokio::time::timeout(connect_timeout, connecting).await {
                     Ok(Ok(c)) => Ok(c),

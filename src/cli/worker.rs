@@ -325,8 +325,8 @@ async fn run_brokered(
     let (socket, diverted) =
         NatSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint =
-        server_endpoint(abstract_socket, &config.quic).context("cannot start the worker")?;
+    let endpoint = server_endpoint(abstract_socket, &config.quic, &config.identity)
+        .context("cannot start the worker")?;
     let service = Arc::new(service);
     let server = RpcServer::serve(endpoint, config.clone(), service.clone());
     let addr = server.local_addr();
@@ -337,7 +337,7 @@ async fn run_brokered(
         let extra = extra.clone();
         Arc::new(move |socket: Arc<NatSocket>, _diverted| {
             let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
-            match server_endpoint(abstract_socket, &config.quic) {
+            match server_endpoint(abstract_socket, &config.quic, &config.identity) {
                 Ok(endpoint) => {
                     let server = RpcServer::serve(endpoint, config.clone(), service.clone());
                     if let Ok(mut extra) = extra.lock() {

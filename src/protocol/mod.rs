@@ -4,10 +4,12 @@
 //! - [`frame`]: RPC request and response frames on QUIC streams (docs/protocol.md §3).
 //! - [`broker`]: the non-QUIC datagrams that share a socket with QUIC: broker messages,
 //!   relay frames, punches (§5).
+//! - [`identity`]: node ids (Ed25519 public keys) and node keys.
 //! - [`stun`]: STUN Binding request and response (RFC 8489), on bytes.
 //! - [`punch`]: the punch schedule and the birthday method's ports.
 
 pub mod broker;
 pub mod frame;
+pub mod identity;
 pub mod punch;
 pub mod stun;

@@ -26,7 +26,8 @@ use crate::discovery::link::{Link, LinkError};
 use crate::protocol::frame::{
     self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
 };
-use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError, SERVER_NAME};
+use crate::transport::tls::ANY_NODE;
+use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError};
 
 use crate::worker::CLOSE_NORMAL;
 
@@ -510,7 +511,7 @@ impl RpcClient {
                 let timeout = self.config.connect_timeout;
                 pending.spawn(async move {
                     let started = Instant::now();
-                    let result = match endpoint.connect(addr, SERVER_NAME) {
+                    let result = match endpoint.connect(addr, ANY_NODE) {
                         Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                             Ok(Ok(connection)) => Ok(connection),
                             Ok(Err(e)) => Err(e.to_string()),

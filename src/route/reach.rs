@@ -4,7 +4,7 @@
 use crate::defaults::DEFAULT_PUNCH_DEADLINE;
 use crate::protocol::broker::{decode, encode_punch, BrokerMessage, Datagram, Nonce};
 use crate::transport::nat_socket::{circuit_addr, Diverted, NatSocket};
-use crate::transport::SERVER_NAME;
+use crate::transport::tls::ANY_NODE;
 use crate::traversal::*;
 use quinn::{Connection, Endpoint};
 use std::collections::{HashSet, VecDeque};
@@ -224,7 +224,7 @@ async fn dial(
     timeout: Duration,
 ) -> Result<Connection, String> {
     let connecting = endpoint
-        .connect(addr, SERVER_NAME)
+        .connect(addr, ANY_NODE)
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),

@@ -3,8 +3,8 @@
 
 pub mod nat_socket;
 mod quic;
+pub mod tls;
 mod udp;
 
-pub(crate) use quic::SERVER_NAME;
 pub use quic::{client_endpoint, server_endpoint, EndpointSocket, QuicConfig, TransportError};
 pub use udp::bind_udp;

@@ -2,12 +2,10 @@
 //!
 //! # Identity
 //!
-//! Workers are anonymous volunteers found through an unauthenticated DHT, so there is no
-//! name a client could check a certificate against. Each worker makes a fresh
-//! self-signed certificate at start, and a client accepts any certificate while still
-//! checking the TLS 1.3 handshake signatures made with it. The session is thus private
-//! and tamper-proof against anyone on the path, but a worker's *identity* is not
-//! authenticated: a lying worker is countered by asking several (quorum), not by TLS.
+//! A worker's endpoint proves its node key in every handshake (TLS 1.3 raw public keys,
+//! RFC 7250, see [`super::tls`]); a caller's endpoint checks the key against the node id
+//! it dials ([`super::tls::server_name`]) or, dialing an address alone, learns it
+//! ([`super::tls::peer_node_id`]). Callers stay anonymous.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -15,18 +13,13 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ClientConfig, Endpoint, EndpointConfig, IdleTimeout, ServerConfig, TransportConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use super::tls;
 use crate::defaults::{
     ALPN, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_RTT, DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_CONCURRENT_STREAMS,
 };
-
-/// The server name a client puts in its TLS ClientHello (workers have no DNS name).
-pub(crate) const SERVER_NAME: &str = "nano-connect";
+use crate::protocol::identity::NodeKey;
 
 /// QUIC transport settings shared by workers and callers.
 #[derive(Debug, Clone)]
@@ -87,10 +80,6 @@ impl QuicConfig {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn endpoint_config() -> EndpointConfig {
     let mut config = EndpointConfig::default();
     // Keep the QUIC bit set (RFC 9287 greasing off) so that non-QUIC datagrams on the same
@@ -143,22 +132,16 @@ impl From<Arc<dyn quinn::AsyncUdpSocket>> for EndpointSocket {
     }
 }
 
-/// A worker's endpoint on `socket`: accepts connections with a fresh self-signed
-/// certificate and ALPN `nano-connect/1`; can dial out too.
+/// A worker's endpoint on `socket`: accepts connections, proving `key` in each TLS 1.3
+/// handshake (raw public key, ALPN `nano-connect/1`); can dial out too.
+///
+/// Errors: [`TransportError::Setup`] (TLS refused the key: a bug), [`TransportError::Bind`].
 pub fn server_endpoint(
     socket: impl Into<EndpointSocket>,
     config: &QuicConfig,
+    key: &NodeKey,
 ) -> Result<Endpoint, TransportError> {
-    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-        .map_err(|e| TransportError::Setup(format!("certificate: {e}")))?;
-    let key = PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Setup(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key.into())
-        .map_err(|e| TransportError::Setup(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = tls::server_config(key, ALPN).map_err(|e| TransportError::Setup(e.to_string()))?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut server = ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(config.transport()?));
@@ -167,8 +150,8 @@ pub fn server_endpoint(
     Ok(endpoint)
 }
 
-/// A caller's endpoint on `socket`: dials workers, accepting their self-signed
-/// certificates (see the module doc for what that does and does not protect).
+/// A caller's endpoint on `socket`: dials workers and checks the node key each proves
+/// (see the module doc).
 pub fn client_endpoint(
     socket: impl Into<EndpointSocket>,
     config: &QuicConfig,
@@ -179,65 +162,9 @@ pub fn client_endpoint(
 }
 
 fn client_config(config: &QuicConfig) -> Result<ClientConfig, TransportError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Setup(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = tls::client_config(ALPN).map_err(|e| TransportError::Setup(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut client = ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(config.transport()?));
     Ok(client)
-}
-
-/// Accepts any server certificate but verifies the handshake signatures made with it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

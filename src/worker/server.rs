@@ -13,6 +13,7 @@ use crate::defaults::{
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_READ_TIMEOUT,
 };
 use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
+use crate::protocol::identity::NodeKey;
 use crate::service::{Handler, Reply, Request};
 use crate::transport::{bind_udp, server_endpoint, QuicConfig, TransportError};
 
@@ -33,6 +34,9 @@ pub struct RpcServerConfig {
     pub read_timeout: Duration,
     /// QUIC settings.
     pub quic: QuicConfig,
+    /// The node key every handshake proves. Default: a fresh random key (an identity
+    /// that lives as long as the server; workers load theirs from a key file).
+    pub identity: NodeKey,
 }
 
 impl Default for RpcServerConfig {
@@ -43,6 +47,7 @@ impl Default for RpcServerConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             read_timeout: DEFAULT_STREAM_READ_TIMEOUT,
             quic: QuicConfig::default(),
+            identity: NodeKey::generate(),
         }
     }
 }
@@ -74,7 +79,7 @@ impl RpcServer {
         handler: H,
     ) -> Result<Self, ServerError> {
         let socket = bind_udp(addr).map_err(|source| TransportError::Bind { addr, source })?;
-        let endpoint = server_endpoint(socket, &config.quic)?;
+        let endpoint = server_endpoint(socket, &config.quic, &config.identity)?;
         Ok(Self::serve(endpoint, config, handler))
     }
 
