@@ -7,9 +7,11 @@
 //! - [`identity`]: node ids (Ed25519 public keys) and node keys.
 //! - [`stun`]: STUN Binding request and response (RFC 8489), on bytes.
 //! - [`punch`]: the punch schedule and the birthday method's ports.
+//! - [`record`]: worker records, signed BEP 44 items that say how to reach a worker.
 
 pub mod broker;
 pub mod frame;
 pub mod identity;
 pub mod punch;
+pub mod record;
 pub mod stun;
