@@ -9,8 +9,9 @@
 //! It asks one worker (`request`) and then every worker (`map`) for the first N numbers.
 
 use nano_connect::discovery::link::Link;
+use nano_connect::discovery::Directory;
 use nano_connect::fibonacci::FIBONACCI_KEY;
-use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::route::{Discovery, RpcClient, RpcClientConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,13 +22,16 @@ async fn main() -> anyhow::Result<()> {
     let length: u32 = args.next().as_deref().unwrap_or("10").parse()?;
     let body = serde_json::to_vec(&serde_json::json!({ "length": length }))?;
 
-    let client = RpcClient::new(Some(Link::new(&grape)), RpcClientConfig::default())?;
+    let client = RpcClient::new(
+        Discovery::Directory(Directory::Grape(Link::new(&grape))),
+        RpcClientConfig::default(),
+    )?;
 
     // One worker, with failover to the next if it is gone.
     let answer = client.request(FIBONACCI_KEY, &body).await?;
     println!(
         "request: {} answered {}",
-        answer.worker,
+        answer.label(),
         String::from_utf8_lossy(&answer.body)
     );
 

@@ -20,9 +20,10 @@ use anyhow::Context;
 use axum::Router;
 use grape::{Grape, GrapeConfig};
 use nano_connect::discovery::link::Link;
+use nano_connect::discovery::Directory;
 use nano_connect::gateway::{self, Gateway, GatewayConfig};
 use nano_connect::nano::{NanoRelay, NanoRelayConfig};
-use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::route::{Discovery, RpcClient, RpcClientConfig};
 use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 const KEY: &str = "nano_rpc";
@@ -115,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let client = Arc::new(RpcClient::new(Some(link_b), RpcClientConfig::default())?);
+    let client = Arc::new(RpcClient::new(
+        Discovery::Directory(Directory::Grape(link_b)),
+        RpcClientConfig::default(),
+    )?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway_url = format!("http://{}/", listener.local_addr()?);
     let gateway = Gateway::new(client, GatewayConfig::default());

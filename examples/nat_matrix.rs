@@ -21,10 +21,13 @@ mod nano_stub;
 #[allow(dead_code)]
 #[path = "../tests/support/natlab.rs"]
 mod natlab;
+#[allow(dead_code)]
+#[path = "../tests/support/scratch.rs"]
+mod scratch;
 
 use std::collections::BTreeMap;
 
-use matrix::{expected_paths, table, CellResult, MatrixRun, Service};
+use matrix::{expected_paths, table, CellResult, Finding, MatrixRun, Service};
 use natlab::{NatKind, RouterKind};
 
 /// The runs of one cell.
@@ -91,6 +94,7 @@ fn main() {
     let mut runs = 5u32;
     let mut routers = vec![RouterKind::Home, RouterKind::Bare];
     let mut service = Service::NanoStub;
+    let mut findings = vec![Finding::Broker, Finding::Dht];
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -101,10 +105,14 @@ fn main() {
             ("--router", "both") => {}
             ("--service", "stub") => service = Service::NanoStub,
             ("--service", "fibonacci") => service = Service::Fibonacci,
+            ("--finding", "broker") => findings = vec![Finding::Broker],
+            ("--finding", "dht") => findings = vec![Finding::Dht],
+            ("--finding", "both") => {}
             _ => {
                 eprintln!(
                     "nat_matrix: unknown flag {flag} {value}; use --runs N, \
-                     --router home|bare|both, --service stub|fibonacci"
+                     --router home|bare|both, --service stub|fibonacci, \
+                     --finding broker|dht|both"
                 );
                 std::process::exit(2);
             }
@@ -112,8 +120,11 @@ fn main() {
     }
 
     let mut unexpected = 0;
-    for router in routers {
-        let run = MatrixRun::start(router, service);
+    for (router, finding) in routers
+        .iter()
+        .flat_map(|r| findings.iter().map(move |f| (*r, *f)))
+    {
+        let run = MatrixRun::start(router, service, finding);
         let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
         for _ in 0..runs {
             for (i, a) in NatKind::ALL.into_iter().enumerate() {
@@ -125,8 +136,9 @@ fn main() {
                     {
                         unexpected += 1;
                         eprintln!(
-                            "{} routers, worker {} × client {}: path {:?}, exit {:?}: {}",
+                            "{} routers ({}), worker {} × client {}: path {:?}, exit {:?}: {}",
                             router.label(),
+                            finding.label(),
                             a.label(),
                             b.label(),
                             result.path,
@@ -143,9 +155,10 @@ fn main() {
             "{}",
             table(
                 &format!(
-                    "{} routers, {runs} runs per cell: paths×count, median ms from starting \
-                     call to the answer (median elapsed_ms call reported)",
-                    router.label()
+                    "{} routers, found by {}, {runs} runs per cell: paths×count, median ms \
+                     from starting call to the answer (median elapsed_ms call reported)",
+                    router.label(),
+                    finding.label()
                 ),
                 |a, b| cells[&(index(a), index(b))].render(),
             )

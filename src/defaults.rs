@@ -101,6 +101,22 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 /// intervals, so that two lost refreshes in a row do not drop it.
 pub const DEFAULT_REGISTRATION_TTL: Duration = Duration::from_secs(45);
 
+/// Registrations a broker takes from one source IP: a home network runs a few workers
+/// behind one public address; more from one IP is a flood, not volunteers.
+pub const DEFAULT_MAX_REGISTRATIONS_PER_IP: usize = 16;
+
+/// Registrations a broker takes for one service key: far more than one broker's relay
+/// (64 circuits) could ever serve, yet a bound on a registration flood's memory
+/// (a record is about 300 bytes).
+pub const DEFAULT_MAX_REGISTRATIONS_PER_KEY: usize = 1024;
+
+/// Service keys one broker serves: a mesh has a handful (`nano_rpc`, a test key or two);
+/// each one is announced in the DHT every interval, so the count bounds that traffic too.
+pub const DEFAULT_MAX_KEYS_PER_BROKER: usize = 64;
+
+/// Registrations one broker keeps in all (about 1.5 MB of records at most).
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 4096;
+
 /// How often a worker refreshes its broker registration: shorter than the 30 s many home
 /// routers keep an idle UDP mapping, so the mapping the broker saw stays the one in use.
 pub const DEFAULT_REGISTRATION_INTERVAL: Duration = Duration::from_secs(15);

@@ -9,6 +9,9 @@
 //! | `nano_connect_cache_hits_total` | counter | `action` |
 //! | `nano_connect_node_latency_seconds` | histogram | (requests the node answered, cache hits excluded) |
 //! | `nano_connect_open_connections` | gauge | (QUIC connections of the worker, read at scrape time) |
+//! | `nano_connect_presence` | gauge | `mode` = `public`, `brokered`, `withdrawn`: 1 for the worker's current one |
+//! | `nano_connect_brokers_registered` | gauge | (brokers holding the worker's registration) |
+//! | `nano_connect_broker_registrations_total` | counter | `broker` (each time a broker took the registration anew) |
 //!
 //! A grape's metrics ([`GrapeMetrics`], told of every DHT announce and lookup through
 //! [`grape::DhtObserver`]):
@@ -37,7 +40,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::service::{Handler, Reply, Request};
@@ -57,6 +61,9 @@ pub struct WorkerMetrics {
     cache_hits: IntCounterVec,
     node_latency: Histogram,
     open_connections: IntGauge,
+    presence: IntGaugeVec,
+    brokers_registered: IntGauge,
+    broker_registrations: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -100,12 +107,36 @@ impl WorkerMetrics {
             "QUIC connections open on the worker",
         )
         .expect("valid metric");
+        let presence = IntGaugeVec::new(
+            Opts::new(
+                "nano_connect_presence",
+                "How the worker is reached: 1 for the current mode",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
+        let brokers_registered = IntGauge::new(
+            "nano_connect_brokers_registered",
+            "Brokers holding this worker's registration",
+        )
+        .expect("valid metric");
+        let broker_registrations = IntCounterVec::new(
+            Opts::new(
+                "nano_connect_broker_registrations_total",
+                "Times a broker took this worker's registration anew, by broker",
+            ),
+            &["broker"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refusals.clone()),
             Box::new(cache_hits.clone()),
             Box::new(node_latency.clone()),
             Box::new(open_connections.clone()),
+            Box::new(presence.clone()),
+            Box::new(brokers_registered.clone()),
+            Box::new(broker_registrations.clone()),
         ] {
             registry.register(metric).expect("unique metric names");
         }
@@ -116,7 +147,27 @@ impl WorkerMetrics {
             cache_hits,
             node_latency,
             open_connections,
+            presence,
+            brokers_registered,
+            broker_registrations,
         }
+    }
+
+    /// Records how the worker is reached now: `mode` is `public`, `brokered` or
+    /// `withdrawn`, with `brokers` registrations.
+    pub fn set_presence(&self, mode: &str, brokers: usize) {
+        for m in ["public", "brokered", "withdrawn"] {
+            self.presence
+                .with_label_values(&[m])
+                .set(i64::from(m == mode));
+        }
+        self.brokers_registered
+            .set(i64::try_from(brokers).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a broker taking the registration.
+    pub fn broker_registered(&self, broker: &str) {
+        self.broker_registrations.with_label_values(&[broker]).inc();
     }
 
     /// The registry, for [`serve`].

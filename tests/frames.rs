@@ -8,7 +8,7 @@ use nano_connect::fibonacci::{FibonacciService, FIBONACCI_KEY};
 use nano_connect::protocol::frame::{
     self, ErrorCode, RequestFrame, ResponseFrame, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
-use nano_connect::route::{CallError, RpcClient, RpcClientConfig};
+use nano_connect::route::{CallError, Discovery, RpcClient, RpcClientConfig};
 use nano_connect::transport::{bind_udp, client_endpoint, QuicConfig};
 use nano_connect::worker::{RpcServer, RpcServerConfig};
 
@@ -223,7 +223,7 @@ async fn a_bad_stream_does_not_disturb_concurrent_good_ones() {
 async fn the_client_refuses_to_send_an_oversized_request() {
     let worker = worker().await;
     let client = RpcClient::new(
-        None,
+        Discovery::None,
         RpcClientConfig {
             max_request_bytes: 64,
             ..RpcClientConfig::default()
@@ -240,7 +240,7 @@ async fn the_client_refuses_to_send_an_oversized_request() {
 #[tokio::test]
 async fn the_client_reports_a_service_refusal_with_its_code() {
     let worker = worker().await;
-    let client = RpcClient::new(None, RpcClientConfig::default()).unwrap();
+    let client = RpcClient::new(Discovery::None, RpcClientConfig::default()).unwrap();
     let err = client
         .request_addr(worker.local_addr(), FIBONACCI_KEY, br#"{"length":1000}"#)
         .await
@@ -259,7 +259,7 @@ async fn a_dead_address_fails_within_the_connect_timeout() {
         .local_addr()
         .unwrap();
     let client = RpcClient::new(
-        None,
+        Discovery::None,
         RpcClientConfig {
             connect_timeout: Duration::from_millis(300),
             ..RpcClientConfig::default()

@@ -23,6 +23,8 @@ struct Mesh {
 struct Relay {
     process: Process,
     port: u16,
+    /// The node id the worker proves (what `x-nano-connect-worker` names).
+    node: String,
     stub: NanoStub,
 }
 
@@ -43,9 +45,11 @@ impl Mesh {
         let (process, port) =
             tokio::task::block_in_place(|| mesh::worker(&self.grapes.0.url, "nano_rpc", &args));
         stub.clear_received();
+        let node = process.field("node_id");
         Relay {
             process,
             port,
+            node,
             stub,
         }
     }
@@ -110,7 +114,7 @@ async fn gateway_speaks_the_node_dialect() {
     assert_eq!(header(&response, "content-type"), Some("application/json"));
     assert_eq!(
         header(&response, "x-nano-connect-worker"),
-        Some(format!("127.0.0.1:{}", relay.port).as_str())
+        Some(relay.node.as_str())
     );
     let text = response.text().await.expect("body");
     assert_eq!(
@@ -224,11 +228,7 @@ async fn a_killed_worker_is_failed_over_for_reads() {
     let first = header(&response, "x-nano-connect-worker")
         .expect("worker")
         .to_string();
-    let (mut dead, alive) = if first.ends_with(&format!(":{}", a.port)) {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (mut dead, alive) = if first == a.node { (a, b) } else { (b, a) };
     dead.process.kill();
     // The gateway still holds a connection to the killed worker and the grapes still
     // list it: the read must still be answered, by the other one.
@@ -237,7 +237,7 @@ async fn a_killed_worker_is_failed_over_for_reads() {
         assert_eq!(response.status(), 200);
         assert_eq!(
             header(&response, "x-nano-connect-worker"),
-            Some(format!("127.0.0.1:{}", alive.port).as_str())
+            Some(alive.node.as_str())
         );
         let text = response.text().await.expect("body");
         assert!(text.contains("\"count\""), "{text}");
@@ -347,15 +347,15 @@ async fn quorum_outvotes_a_liar_and_names_the_disagreement() {
     assert!(message.contains("no 2 of 3 workers agree"), "{message}");
     assert!(
         message.contains(&format!(
-            "127.0.0.1:{} answered HTTP 200 {{\"count\":\"999999\"",
-            liar.port
+            "{} answered HTTP 200 {{\"count\":\"999999\"",
+            liar.node
         )),
         "{message}"
     );
     assert!(
         message.contains(&format!(
-            "127.0.0.1:{} answered HTTP 200 {{\"count\":\"3\"",
-            honest_1.port
+            "{} answered HTTP 200 {{\"count\":\"3\"",
+            honest_1.node
         )),
         "{message}"
     );
@@ -402,11 +402,7 @@ async fn process_to_a_killed_worker_is_not_resent_elsewhere() {
     let first = header(&response, "x-nano-connect-worker")
         .expect("worker")
         .to_string();
-    let (mut dead, alive) = if first.ends_with(&format!(":{}", a.port)) {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (mut dead, alive) = if first == a.node { (a, b) } else { (b, a) };
     dead.process.kill();
     alive.stub.clear_received();
 
@@ -425,7 +421,7 @@ async fn process_to_a_killed_worker_is_not_resent_elsewhere() {
     let response = post(&url, r#"{"action":"block_count"}"#).await;
     assert_eq!(
         header(&response, "x-nano-connect-worker"),
-        Some(format!("127.0.0.1:{}", alive.port).as_str())
+        Some(alive.node.as_str())
     );
     assert_eq!(alive.stub.actions_received(), ["block_count"]);
 }

@@ -5,13 +5,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nano_connect::discovery::link::Link;
+use nano_connect::discovery::Directory;
 use nano_connect::nano::actions::{NANO_NODE_ACTIONS, READ_ONLY_ACTIONS};
 use nano_connect::protocol::frame::ErrorCode;
-use nano_connect::route::{CallError, RpcClient, RpcClientConfig};
+use nano_connect::route::{CallError, Discovery, RpcClient, RpcClientConfig};
 use serde_json::Value;
 use support::mesh::{self, two_grapes, wait_announced};
 use support::nano_stub::{fixtures, Mode, NanoStub};
@@ -67,7 +67,10 @@ impl Mesh {
 
     fn client(&self) -> RpcClient {
         RpcClient::new(
-            Some(Link::with_cache_ttl(&self.grapes.1.url, Duration::ZERO)),
+            Discovery::Directory(Directory::Grape(Link::with_cache_ttl(
+                &self.grapes.1.url,
+                Duration::ZERO,
+            ))),
             RpcClientConfig {
                 connect_timeout: Duration::from_millis(500),
                 request_timeout: Duration::from_secs(8),
@@ -203,8 +206,9 @@ async fn node_errors_pass_through_with_exit_code_4() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_session_answers_one_line_per_request_on_one_connection() {
     let mesh = Mesh::new(Mode::RsNano).await;
-    let (_worker, port) = mesh.worker(&[]).await;
+    let (worker, port) = mesh.worker(&[]).await;
     wait_announced(&mesh.grapes.1.url, "nano_rpc", &[port]).await;
+    let node = worker.field("node_id");
     let input = concat!(
         "{\"action\":\"block_count\"}\n",
         "not json\n",
@@ -225,7 +229,8 @@ async fn stdin_session_answers_one_line_per_request_on_one_connection() {
     assert_eq!(lines[4]["status"], 422);
     // -v gives one path line per answer (block_count, uptime, account_info's 422).
     let err = stderr(&output);
-    let prefix = format!("nano-connect: path=direct worker=127.0.0.1:{port} elapsed_ms=");
+    let prefix =
+        format!("nano-connect: path=direct worker=127.0.0.1:{port} node={node} elapsed_ms=");
     let paths: Vec<&str> = err.lines().filter(|l| l.contains("path=")).collect();
     assert_eq!(paths.len(), 3, "{err}");
     for line in paths {
@@ -300,22 +305,22 @@ async fn a_dead_node_is_a_clear_error_not_a_hang() {
 async fn all_workers_are_found_and_a_killed_one_is_failed_over() {
     let mesh = Mesh::new(Mode::RsNano).await;
     let (mut first, first_port) = mesh.worker(&[]).await;
-    let (_second, second_port) = mesh.worker(&[]).await;
+    let (second, second_port) = mesh.worker(&[]).await;
     wait_announced(&mesh.grapes.1.url, "nano_rpc", &[first_port, second_port]).await;
 
     let client = mesh.client();
-    // Both answer: map reaches each of them.
+    // Both answer: map reaches each of them, named by the node id each proved.
     let mapped = client
         .map("nano_rpc", br#"{"action":"version"}"#)
         .await
         .unwrap();
-    let answered: Vec<SocketAddr> = mapped
+    let answered: Vec<String> = mapped
         .iter()
         .filter(|(_, r)| r.is_ok())
-        .map(|(a, _)| *a)
+        .map(|(node, _)| node.clone())
         .collect();
-    assert!(answered.contains(&SocketAddr::from(([127, 0, 0, 1], first_port))));
-    assert!(answered.contains(&SocketAddr::from(([127, 0, 0, 1], second_port))));
+    assert!(answered.contains(&first.field("node_id")), "{answered:?}");
+    assert!(answered.contains(&second.field("node_id")), "{answered:?}");
 
     // Kill the first without a goodbye; every later request is still answered, by the
     // second, each within the request deadline.

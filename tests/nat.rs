@@ -41,6 +41,10 @@ fn worker(dht: &str) -> (Process, u16) {
         "fibonacci",
         "--broker",
         dht,
+        "--bootstrap",
+        dht,
+        // Loopback has no NAT: register as a worker behind one would.
+        "--via-broker",
         "--bind",
         "127.0.0.1",
     ]);
@@ -54,19 +58,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The `path=` line's fields, checking the documented format.
-fn path_line(stderr: &str) -> (String, String) {
+/// The `path=` line's fields (path, worker, node), checking the documented format.
+fn path_line(stderr: &str) -> (String, String, String) {
     let line = stderr
         .lines()
         .find(|l| l.starts_with("nano-connect: path="))
         .unwrap_or_else(|| panic!("no path line in {stderr}"));
     let fields: Vec<&str> = line["nano-connect: ".len()..].split(' ').collect();
-    assert_eq!(fields.len(), 3, "{line}");
+    assert_eq!(fields.len(), 4, "{line}");
     let path = fields[0].strip_prefix("path=").expect("path=");
     let worker = fields[1].strip_prefix("worker=").expect("worker=");
-    let ms = fields[2].strip_prefix("elapsed_ms=").expect("elapsed_ms=");
+    let node = fields[2].strip_prefix("node=").expect("node=");
+    let ms = fields[3].strip_prefix("elapsed_ms=").expect("elapsed_ms=");
     assert!(ms.parse::<f64>().is_ok_and(|ms| ms > 0.0), "{line}");
-    (path.to_string(), worker.to_string())
+    (path.to_string(), worker.to_string(), node.to_string())
 }
 
 #[tokio::test]
@@ -97,7 +102,7 @@ async fn call_through_the_broker_directly_and_through_the_relay() {
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout).trim(), "[0,1,1,2,3,5,8,13,21,34]");
-    let (path, worker) = path_line(&text(&output.stderr));
+    let (path, worker, _) = path_line(&text(&output.stderr));
     assert_eq!(path, "direct");
     assert_eq!(worker, format!("127.0.0.1:{port}"));
 
@@ -128,7 +133,12 @@ async fn call_through_the_broker_directly_and_through_the_relay() {
     )
     .await;
     assert_eq!(output.status.code(), Some(5), "{}", text(&output.stderr));
-    assert!(text(&output.stderr).contains("no worker is registered for \"nope\""));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("no worker announces \"nope\"")
+            && stderr.contains("no worker is registered for it at the broker(s)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -165,6 +175,7 @@ async fn relay_limits_close_circuits_with_clear_refusals() {
     let (_worker, _) = worker(&dht);
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mut child = tokio::process::Command::new(support::mesh::binary())
+        .envs(support::scratch::env())
         .args([
             "call",
             "--broker",
@@ -309,6 +320,7 @@ async fn malformed_datagrams_never_crash_the_broker() {
         nonce: [0; NONCE_LEN],
         delay_ms: 0,
         peer_symmetric: false,
+        record: None,
     });
     let datagrams: Vec<Vec<u8>> = vec![
         vec![],
@@ -377,9 +389,11 @@ async fn punches_carry_the_nonce_and_a_strangers_punch_is_ignored() {
     let connect = BrokerMessage::Connect {
         tx: 77,
         key: "fib".into(),
+        node: None,
         local: vec![],
         rtt_ms: 1,
         symmetric: false,
+        pad: vec![],
     };
     client.send_to(&encode_broker(&connect), broker).unwrap();
     let nonce = receive_until(&client, Duration::from_secs(5), |from, d| match d {

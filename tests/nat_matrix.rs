@@ -19,14 +19,14 @@ mod support;
 use std::time::Duration;
 
 use support::matrix::{
-    expected_paths, start_grape, table, CellResult, MatrixRun, Service, GRAPE_DP,
+    expected_paths, start_grape, table, CellResult, Finding, MatrixRun, Service, GRAPE_DP,
 };
 use support::natlab::{serial, Lab, NatKind, RouterKind};
 
 /// Runs all 9 cells of one router kind, prints the table, then asserts every cell.
-fn run_matrix(router: RouterKind, service: Service) {
+fn run_matrix(router: RouterKind, service: Service, finding: Finding) {
     let _serial = serial();
-    let run = MatrixRun::start(router, service);
+    let run = MatrixRun::start(router, service, finding);
     let mut results: Vec<CellResult> = Vec::new();
     for a in NatKind::ALL {
         for b in NatKind::ALL {
@@ -43,9 +43,10 @@ fn run_matrix(router: RouterKind, service: Service) {
         "{}",
         table(
             &format!(
-                "NAT matrix, {} routers: path, ms from starting call to the answer \
-                 (call's own elapsed_ms)",
-                router.label()
+                "NAT matrix, {} routers, found by {}: path, ms from starting call to the \
+                 answer (call's own elapsed_ms)",
+                router.label(),
+                finding.label()
             ),
             |a, b| {
                 let r = find(a, b);
@@ -87,21 +88,34 @@ fn run_matrix(router: RouterKind, service: Service) {
     }
     assert!(
         failures.is_empty(),
-        "{} of 9 cells failed ({} routers):\n{}",
+        "{} of 9 cells failed ({} routers, found by {}):\n{}",
         failures.len(),
         router.label(),
+        finding.label(),
         failures.join("\n\n")
     );
 }
 
 #[test]
 fn every_cell_answers_behind_home_routers_relaying_only_symmetric_to_symmetric() {
-    run_matrix(RouterKind::Home, Service::NanoStub);
+    run_matrix(RouterKind::Home, Service::NanoStub, Finding::Broker);
 }
 
 #[test]
 fn every_cell_answers_behind_bare_routers_that_accept_wan_input() {
-    run_matrix(RouterKind::Bare, Service::Fibonacci);
+    run_matrix(RouterKind::Bare, Service::Fibonacci, Finding::Broker);
+}
+
+/// No broker is named anywhere: the workers find the grapes' brokers in the DHT and the
+/// clients find the workers by DHT lookup alone, through DHT nodes of their own.
+#[test]
+fn every_cell_answers_through_the_dht_alone_behind_home_routers() {
+    run_matrix(RouterKind::Home, Service::NanoStub, Finding::Dht);
+}
+
+#[test]
+fn every_cell_answers_through_the_dht_alone_behind_bare_routers() {
+    run_matrix(RouterKind::Bare, Service::Fibonacci, Finding::Dht);
 }
 
 /// `netcheck` from each kind of side names the side's public address and its mapping

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use nano_connect::protocol::frame::ErrorCode;
-use nano_connect::route::{Answer, CallError, RpcClient, RpcClientConfig};
+use nano_connect::route::{Answer, CallError, Discovery, RpcClient, RpcClientConfig};
 use serde_json::{json, Value};
 use support::mesh::{self, poll, wait_announced};
 use support::nano_stub::{Mode, NanoStub};
@@ -40,7 +40,7 @@ async fn setup_with(stub: NanoStub, extra: &[&str]) -> Setup {
     let (worker, port) =
         tokio::task::block_in_place(|| mesh::worker(&grapes.0.url, "nano_rpc", &args));
     stub.clear_received();
-    let client = RpcClient::new(None, RpcClientConfig::default()).expect("client");
+    let client = RpcClient::new(Discovery::None, RpcClientConfig::default()).expect("client");
     Setup {
         _grapes: grapes,
         worker,

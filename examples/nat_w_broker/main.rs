@@ -1,32 +1,28 @@
-//! Both sides behind NATs, meeting through a broker (Grenache's `nat_w_broker` mode),
-//! with the library in one process on loopback:
+//! Both sides meeting through a broker (Grenache's `nat_w_broker` mode), with the
+//! library in one process on loopback:
 //!
-//! 1. a broker (what `nano-connect grape` runs on its DHT port + 1);
-//! 2. a fibonacci worker whose QUIC socket is a [`NatSocket`], registered with the broker
-//!    by [`run_worker_agent`];
-//! 3. a client that asks the broker for a worker of the key, connects through
-//!    [`connect_via_broker`] (direct, punched, or relayed), and sends one request.
+//! 1. a broker (what `nano-connect grape` runs on its DHT port + 10000);
+//! 2. a fibonacci worker made by [`WorkerBuilder`], told to use that broker: on loopback
+//!    it sees no NAT and would announce itself, so it is told to register as a worker
+//!    behind a NAT would ([`BrokerChoice::Fixed`] with the mapping check skipped is not a
+//!    thing: here the example simply asks the broker for it);
+//! 3. a client ([`RpcClient`] with [`Discovery::Brokers`]) that lists the broker's
+//!    workers, checks their signed records, connects (direct, punched, or relayed: the
+//!    handshake proves the worker's node id either way) and sends one request.
 //!
 //! Run: `cargo run --example nat_w_broker [-- --relay]` (with `--relay` the client skips
 //! punching and goes through the broker's relay). Across real NATs, run the three roles
-//! as `nano-connect grape`, `nano-connect worker --broker HOST:PORT` and
-//! `nano-connect call --broker HOST:PORT` on three hosts.
+//! as `nano-connect grape`, `nano-connect worker` and `nano-connect call` on three hosts.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use nano_connect::broker::rendezvous::RendezvousConfig;
 use nano_connect::broker::Broker;
 use nano_connect::fibonacci::FibonacciService;
-use nano_connect::route::reach::{connect_via_broker, ConnectConfig};
-use nano_connect::route::{RpcClient, RpcClientConfig};
-use nano_connect::transport::nat_socket::NatSocket;
-use nano_connect::transport::{client_endpoint, server_endpoint, QuicConfig};
-use nano_connect::worker::presence::{run_worker_agent, WorkerAgentConfig};
-use nano_connect::worker::{RpcServer, RpcServerConfig};
-use tokio_util::sync::CancellationToken;
+use nano_connect::route::{Discovery, RpcClient, RpcClientConfig};
+use nano_connect::worker::{BrokerChoice, PresenceEvent, WorkerBuilder};
 
 const KEY: &str = "fibonacci_worker";
 
@@ -43,58 +39,45 @@ async fn main() -> anyhow::Result<()> {
         broker.alt_addr()
     );
 
-    // 2. The worker: QUIC and the broker protocol share one socket.
-    let (socket, diverted) = NatSocket::bind(loopback(0))?;
-    let quinn_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint = server_endpoint(
-        quinn_socket,
-        &QuicConfig::default(),
-        &nano_connect::protocol::identity::NodeKey::generate(),
-    )?;
-    let server = RpcServer::serve(endpoint, RpcServerConfig::default(), FibonacciService);
-    let cancel = CancellationToken::new();
+    // 2. The worker, registered with the broker as if it were behind a NAT.
     let (registered_tx, registered) = tokio::sync::oneshot::channel();
-    let mut registered_tx = Some(registered_tx);
-    let agent = tokio::spawn(run_worker_agent(
-        socket,
-        diverted,
-        WorkerAgentConfig::new(broker.addr(), KEY),
-        cancel.clone(),
-        move |_, reflexive| {
-            if let Some(tx) = registered_tx.take() {
-                let _ = tx.send(reflexive);
+    let registered_tx = std::sync::Mutex::new(Some(registered_tx));
+    let worker = WorkerBuilder::new(KEY)
+        .bind(loopback(0))
+        .brokers(BrokerChoice::Fixed(vec![broker.addr()]))
+        .presence(|p| p.assume_nat = true)
+        .on_event(move |event| {
+            if let PresenceEvent::Registered { reflexive, .. } = event {
+                if let Some(tx) = registered_tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(reflexive);
+                }
             }
-        },
-        None,
-    ));
+        })
+        .spawn(FibonacciService)
+        .await?;
     let reflexive = tokio::time::timeout(Duration::from_secs(5), registered)
         .await
         .context("the worker did not register within 5 s")??;
-    println!("worker {} registered as {reflexive}", server.local_addr());
+    println!("worker {} registered as {reflexive}", worker.node_id());
 
-    // 3. The client.
-    let (socket, diverted) = NatSocket::bind(loopback(0))?;
-    let quinn_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint = client_endpoint(quinn_socket, &QuicConfig::default())?;
-    let mut config = ConnectConfig::new(broker.addr(), KEY);
-    config.force_relay = relay;
-    let brokered = connect_via_broker(&endpoint, socket, diverted, &config).await?;
-    let client = RpcClient::with_endpoint(endpoint, None, RpcClientConfig::default());
-    client.adopt(brokered.remote, brokered.connection.clone());
-    let answer = client
-        .request_addr(brokered.remote, KEY, br#"{"length":10}"#)
-        .await?;
+    // 3. The client: asks the broker, never the DHT.
+    let client = RpcClient::new(
+        Discovery::Brokers(vec![broker.addr()]),
+        RpcClientConfig {
+            force_relay: relay,
+            ..RpcClientConfig::default()
+        },
+    )?;
+    let answer = client.request(KEY, br#"{"length":10}"#).await?;
     println!(
         "path={} worker={} answer={}",
-        brokered.path.as_str(),
-        brokered.worker,
+        answer.path.as_str(),
+        answer.label(),
         String::from_utf8_lossy(&answer.body)
     );
 
     client.close(Duration::from_millis(200)).await;
-    cancel.cancel();
-    let _ = agent.await;
-    server.shutdown(Duration::from_millis(200)).await;
+    worker.shutdown(Duration::from_millis(200)).await;
     broker.shutdown().await;
     Ok(())
 }

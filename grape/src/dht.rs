@@ -33,6 +33,7 @@ use crate::bep44;
 use crate::defaults::{DEFAULT_KNOWN_KEYS, DEFAULT_PUT_TIMEOUT};
 use crate::error::GrapeError;
 use crate::infohash::{Infohash, SlotSchedule};
+use crate::store::LocalStore;
 use crate::GrapeConfig;
 
 /// A server-mode mainline DHT node with the grape's announce, lookup, put and get.
@@ -41,10 +42,10 @@ use crate::GrapeConfig;
 /// [`mod@crate::infohash`]); puts and gets are plain BEP 44.
 ///
 /// Facts about mainline 8.0.1 that shape this type:
-/// - a node never stores its own announces or items: a lone grape refuses them
-///   ([`GrapeError::NoNodes`]). Two grapes are enough: each stores what the other
-///   announces, and a lookup through the storing grape still finds it, because the other
-///   grape names it among the closest nodes and mainline then queries itself;
+/// - a node never stores its own announces or items, so every announce and put made
+///   through a grape is also kept in its own [`LocalStore`], and its lookups and gets
+///   add what is there: a lone grape serves what was announced through it, and a grape
+///   is never worse than its peers at finding what it was told itself;
 /// - two announces of one infohash in flight at once on one node would overwrite each
 ///   other inside mainline, so announces of the same slot infohash are serialized here.
 #[derive(Debug)]
@@ -56,6 +57,10 @@ pub struct GrapeDht {
     announce_locks: Mutex<HashMap<Infohash, Weak<tokio::sync::Mutex<()>>>>,
     known_keys: Mutex<KnownKeys>,
     observer: OnceLock<Arc<dyn DhtObserver>>,
+    local: Mutex<LocalStore>,
+    /// The address this node's own announces are served with from the local store, when
+    /// it is known from the configuration (`public_ip`, or a specific `bind`).
+    own_ip: Option<Ipv4Addr>,
 }
 
 /// Told of every announce and lookup a [`GrapeDht`] makes, for metrics
@@ -149,10 +154,10 @@ impl GrapeDht {
     pub async fn start(config: &GrapeConfig) -> Result<Self, GrapeError> {
         let schedule = SlotSchedule::new(config.announce_window)?;
         let mut builder = Dht::builder();
-        builder
-            .server_mode()
-            .bind_address(config.bind)
-            .port(config.dht_port);
+        builder.bind_address(config.bind).port(config.dht_port);
+        if !config.client_mode {
+            builder.server_mode();
+        }
         match &config.bootstrap {
             None => {}
             Some(nodes) if nodes.is_empty() => {
@@ -197,6 +202,10 @@ impl GrapeDht {
             announce_locks: Mutex::new(HashMap::new()),
             known_keys: Mutex::new(KnownKeys::default()),
             observer: OnceLock::new(),
+            local: Mutex::new(LocalStore::new()),
+            own_ip: config
+                .public_ip
+                .or((!config.bind.is_unspecified()).then_some(config.bind)),
         })
     }
 
@@ -257,6 +266,16 @@ impl GrapeDht {
     ) -> Result<usize, GrapeError> {
         let infohash = self.schedule.announce_infohash(key, unix_time);
         let target = Id::from(infohash);
+        let peer = SocketAddrV4::new(self.own_ip().await, port);
+        let kept = self
+            .local()
+            .announce(
+                infohash,
+                peer,
+                unix_now(),
+                unix_time + self.schedule.vanish_within(),
+            )
+            .is_ok();
         let lock = self.announce_lock(infohash);
         let _guard = lock.lock().await;
         let started = Instant::now();
@@ -270,6 +289,15 @@ impl GrapeDht {
                 tracing::debug!(key, port, %target, elapsed = ?started.elapsed(), "announced");
                 Ok(1)
             }
+            // Nobody else to store it (a lone grape): this grape serves it itself.
+            Ok(Err(mainline::errors::PutQueryError::NoClosestNodes)) if kept => {
+                tracing::debug!(
+                    key,
+                    port,
+                    "announce kept by this grape only (no other DHT node)"
+                );
+                Ok(0)
+            }
             Ok(Err(e)) => Err(GrapeError::from_put(target, e)),
             Err(_) => Err(GrapeError::Timeout { target }),
         };
@@ -277,6 +305,24 @@ impl GrapeDht {
             observer.announced(outcome.is_ok(), started.elapsed());
         }
         outcome
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, LocalStore> {
+        match self.local.lock() {
+            Ok(local) => local,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The IPv4 address this node's own announces are served with from its local store:
+    /// the configured public IP or specific bind address, else the public address mainline
+    /// learned from its peers, else loopback (a grape on `0.0.0.0` that knows no better
+    /// serves its own host).
+    async fn own_ip(&self) -> Ipv4Addr {
+        match self.own_ip {
+            Some(ip) => ip,
+            None => self.public_ip().await.unwrap_or(Ipv4Addr::LOCALHOST),
+        }
     }
 
     fn announce_lock(&self, infohash: Infohash) -> Arc<tokio::sync::Mutex<()>> {
@@ -324,11 +370,11 @@ impl GrapeDht {
         let started = Instant::now();
         let mut hashes = self.schedule.lookup_infohashes(key, unix_time).to_vec();
         hashes.dedup(); // only near the epoch
+        let mut peers: BTreeSet<SocketAddrV4> = self.local().peers(&hashes, unix_now());
         let streams = hashes
             .into_iter()
             .map(|h| self.dht.get_peers(Id::from(h)))
             .collect();
-        let mut peers = BTreeSet::new();
         collect_settled(
             streams,
             deadline,
@@ -354,8 +400,14 @@ impl GrapeDht {
     pub async fn put_immutable(&self, value: &[u8]) -> Result<Id, GrapeError> {
         bep44::check_sizes(value, None)?;
         let target = bep44::immutable_target(value);
+        let kept = self
+            .local()
+            .put_immutable(target, value, unix_now())
+            .is_ok();
         match tokio::time::timeout(DEFAULT_PUT_TIMEOUT, self.dht.put_immutable(value)).await {
             Ok(Ok(target)) => Ok(target),
+            // Nobody else to store it (a lone grape): this grape serves it itself.
+            Ok(Err(mainline::errors::PutQueryError::NoClosestNodes)) if kept => Ok(target),
             Ok(Err(e)) => Err(GrapeError::from_put(target, e)),
             Err(_) => Err(GrapeError::Timeout { target }),
         }
@@ -364,6 +416,9 @@ impl GrapeDht {
     /// Fetches an immutable item by target (BEP 44 `get`): the first value that hashes to
     /// the target, or `None` if none arrived before the query ended or `deadline` passed.
     pub async fn get_immutable(&self, target: Id, deadline: Duration) -> Option<Box<[u8]>> {
+        if let Some(value) = self.local().immutable(&target, unix_now()) {
+            return Some(value.into());
+        }
         tokio::time::timeout(deadline, self.dht.get_immutable(target))
             .await
             .ok()
@@ -388,11 +443,19 @@ impl GrapeDht {
     ) -> Result<u32, GrapeError> {
         let target = *item.target();
         let (k, salt) = (*item.key(), item.salt().map(Box::<[u8]>::from));
+        let kept = self.local().put(item.clone(), unix_now()).is_ok();
+        if kept {
+            self.remember_key(target, k, salt.as_deref());
+        }
         match tokio::time::timeout(DEFAULT_PUT_TIMEOUT, self.dht.put_mutable(item, cas)).await {
             Ok(Ok(outcome)) => {
                 self.remember_key(target, k, salt.as_deref());
                 Ok(outcome.stored_at)
             }
+            // Nobody else to store it (a lone grape): this grape serves it itself.
+            Ok(Err(mainline::errors::PutMutableError::Query(
+                mainline::errors::PutQueryError::NoClosestNodes,
+            ))) if kept => Ok(0),
             Ok(Err(e)) => Err(GrapeError::from_put_mutable(target, e)),
             Err(_) => Err(GrapeError::Timeout { target }),
         }
@@ -409,7 +472,8 @@ impl GrapeDht {
     ) -> Option<MutableItem> {
         let salt = salt.filter(|s| !s.is_empty());
         let stream = self.dht.get_mutable(k, salt, None);
-        let mut best: Option<MutableItem> = None;
+        let target = crate::bep44::mutable_target(k, salt);
+        let mut best: Option<MutableItem> = self.local().item(&target, unix_now()).cloned();
         collect_settled(
             vec![stream],
             deadline,

@@ -290,11 +290,11 @@ mod tests {
             ("/nope", json!("x"), "\"ERR_REQ_NOTFOUND\""),
             ("/", json!("x"), "\"ERR_REQ_NOTFOUND\""),
             ("/lookup/", json!("x"), "\"ERR_REQ_NOTFOUND\""),
-            // A lone node stores nothing: mainline never stores at itself.
-            ("/put", json!({"v": "x"}), "\"ERR_GRAPE_NO_NODES\""),
-            ("/announce", json!(["svc", 1]), "\"ERR_GRAPE_NO_NODES\""),
             // Nothing to find.
             ("/lookup", json!("svc"), "[]"),
+            // A lone node keeps what comes through it (mainline never stores at itself).
+            ("/announce", json!(["svc", 1]), "0"),
+            ("/lookup", json!("svc"), "[\"127.0.0.1:1\"]"),
             ("/get", json!("00".repeat(20)), "null"),
         ];
         for (path, data, expected) in cases {

@@ -42,6 +42,7 @@
 //!
 //! - [`mod@infohash`]: service key → infohash, and the time slots that expire announces (pure).
 //! - [`bep44`]: BEP 44 targets, limits and signature checks (pure).
+//! - [`store`]: what was announced and put through this grape itself (pure).
 //! - [`dht`]: [`GrapeDht`], the mainline node: slotted announce and lookup, put and get.
 //! - [`http`]: the Grenache HTTP API on axum and its error strings; `http/wire.rs` parses
 //!   request data and shapes answers (pure).
@@ -59,6 +60,7 @@ pub mod dht;
 mod error;
 pub mod http;
 pub mod infohash;
+pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -104,6 +106,10 @@ pub struct GrapeConfig {
     pub lookup_deadline: Duration,
     /// How long a lookup keeps collecting after the first non-empty batch. Default 150 ms.
     pub lookup_settle: Duration,
+    /// Run the DHT node in client mode: it asks other nodes but answers none and stores
+    /// nothing for them (BEP 43 read-only). For a user's embedded node behind a NAT,
+    /// never for a grape others bootstrap from. Default false (server mode).
+    pub client_mode: bool,
 }
 
 impl Default for GrapeConfig {
@@ -118,6 +124,7 @@ impl Default for GrapeConfig {
             public_ip: None,
             lookup_deadline: DEFAULT_LOOKUP_DEADLINE,
             lookup_settle: DEFAULT_LOOKUP_SETTLE,
+            client_mode: false,
         }
     }
 }
@@ -186,6 +193,11 @@ impl Grape {
     /// The DHT node, for announces, lookups, puts and gets without HTTP.
     pub fn dht(&self) -> &GrapeDht {
         &self.dht
+    }
+
+    /// The DHT node, shared (for a broker that announces itself through it).
+    pub fn dht_shared(&self) -> Arc<GrapeDht> {
+        Arc::clone(&self.dht)
     }
 
     /// Whether the DHT node has found other nodes (see [`GrapeDht::bootstrapped`]).

@@ -21,8 +21,7 @@ use quinn::{Connection, Endpoint};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::discovery::link::Link;
-use crate::route::{CallError, RpcClient, RpcClientConfig};
+use crate::route::{CallError, Discovery, RpcClient, RpcClientConfig};
 use crate::transport::tls::ANY_NODE;
 use crate::transport::{bind_udp, client_endpoint, QuicConfig, TransportError};
 
@@ -32,11 +31,11 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// What the load is sent to.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Workers of `key`, looked up through the grape at `grape` (the full client path:
-    /// cached lookup, connection reuse, failover).
+    /// Workers of `key`, found with `discovery` (the full client route of `call` and the
+    /// gateway: lookup, brokers, connection reuse, failover).
     Key {
-        /// The grape's HTTP API, such as `http://127.0.0.1:30001`.
-        grape: String,
+        /// How workers are found (a grape, an own DHT node, brokers).
+        discovery: Discovery,
         /// The service key.
         key: String,
     },
@@ -198,16 +197,12 @@ impl Sender {
     }
 }
 
-/// A short, stable name for a failure, used to count failures by kind.
+/// A short, stable name for a failure, used to count failures by kind: the one code of
+/// [`crate::route::error`], with `refused:` before a worker's refusal.
 fn error_kind(e: &CallError) -> String {
     match e {
         CallError::Refused { error, .. } => format!("refused:{}", error.code),
-        CallError::Timeout { .. } => "timeout".into(),
-        CallError::Unreachable { .. } => "unreachable".into(),
-        CallError::NoWorkers { .. } => "no_workers".into(),
-        CallError::Lookup(_) => "lookup".into(),
-        CallError::Frame(_) => "frame".into(),
-        _ => "other".into(),
+        other => other.code().to_string(),
     }
 }
 
@@ -340,9 +335,9 @@ fn make_senders(
                 url: url.clone(),
             })])
         }
-        Target::Key { grape, key } => (0..connections)
+        Target::Key { discovery, key } => (0..connections)
             .map(|_| {
-                let client = RpcClient::new(Some(Link::new(grape)), rpc_config.clone())?;
+                let client = RpcClient::new(discovery.clone(), rpc_config.clone())?;
                 Ok(Arc::new(Sender::Rpc {
                     client: Arc::new(client),
                     key: key.clone(),
@@ -352,7 +347,7 @@ fn make_senders(
             .collect(),
         Target::Worker { addr, key } => (0..connections)
             .map(|_| {
-                let client = RpcClient::new(None, rpc_config.clone())?;
+                let client = RpcClient::new(Discovery::None, rpc_config.clone())?;
                 Ok(Arc::new(Sender::Rpc {
                     client: Arc::new(client),
                     key: key.clone(),

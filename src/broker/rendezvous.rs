@@ -3,21 +3,31 @@
 //! Inputs are values and the current time: [`Rendezvous::handle`] for a broker message,
 //! [`Rendezvous::handle_relay`] for a relay frame, [`Rendezvous::handle_timeout`] when
 //! [`Rendezvous::poll_timeout`]'s instant has passed. Outputs are the datagrams to send.
-//! The driver ([`crate::broker`]) owns the sockets and the clock.
+//! The driver ([`crate::broker`]) owns the sockets and the clocks: a monotonic instant for
+//! timers and the wall clock (ms since the Unix epoch) for record expiry.
 //!
-//! - **Registrations**: a worker's `Register`, sent from its QUIC socket, records the
-//!   source address (the mapping QUIC will use) under its key until `registration_ttl`
-//!   passes without a refresh.
-//! - **Introductions**: a client's `Connect` picks a registered worker at random and sends
-//!   both an `Introduce` with the other's reflexive and local addresses, one fresh nonce,
-//!   and start delays computed from the two RTTs so that both start at the same instant
-//!   (libp2p DCUtR): each side waits `(max_rtt - own_rtt) / 2`.
+//! - **Registrations**: a worker's `Register`, sent from its QUIC socket, carries its
+//!   signed record (docs/protocol.md §6). The broker believes it only when the record
+//!   verifies, is fresh, lists the source address as the worker's reflexive address at
+//!   this broker, and is not older than the node's last one; then it records the source
+//!   address (the mapping QUIC will use) under the record's key and node id until
+//!   `registration_ttl` passes without a refresh. Registrations are bounded per source
+//!   IP, per key and in all, so a flood of fake workers cannot grow the broker without
+//!   bound (it takes registrations a minute old first: nothing is evicted to make room).
+//! - **Lists**: `List` answers the signed records of a key's workers, as many as fit
+//!   three times the request's size (QUIC's anti-amplification factor, RFC 9000 §8.1),
+//!   so a spoofed request cannot be turned into a flood at its victim.
+//! - **Introductions**: a client's `Connect` names a node or leaves the choice to the
+//!   broker, and the broker sends both sides an `Introduce` with the other's reflexive
+//!   and local addresses, one fresh nonce, the worker's record to the client, and start
+//!   delays from the two RTTs so that both start at the same instant (libp2p DCUtR):
+//!   each side waits `(max_rtt - own_rtt) / 2`.
 //! - **Relay** (in the spirit of libp2p circuit relay v2): a registration is the worker's
 //!   reservation; a client that could not punch asks `RelayRequest` with the nonce, and
 //!   gets a circuit limited in bytes and duration, subject to a circuit count limit and a
 //!   per-IP request rate. A circuit over a limit is closed with a `Refused` to both ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -25,11 +35,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::defaults::{
-    DEFAULT_CONNECTS_PER_MINUTE, DEFAULT_INTRODUCTION_TTL, DEFAULT_REGISTRATION_TTL,
-    DEFAULT_RELAY_MAX_BYTES, DEFAULT_RELAY_MAX_CIRCUITS, DEFAULT_RELAY_MAX_DURATION,
-    DEFAULT_RELAY_REQUESTS_PER_MINUTE,
+    DEFAULT_CONNECTS_PER_MINUTE, DEFAULT_INTRODUCTION_TTL, DEFAULT_MAX_KEYS_PER_BROKER,
+    DEFAULT_MAX_REGISTRATIONS, DEFAULT_MAX_REGISTRATIONS_PER_IP, DEFAULT_MAX_REGISTRATIONS_PER_KEY,
+    DEFAULT_REGISTRATION_TTL, DEFAULT_RELAY_MAX_BYTES, DEFAULT_RELAY_MAX_CIRCUITS,
+    DEFAULT_RELAY_MAX_DURATION, DEFAULT_RELAY_REQUESTS_PER_MINUTE,
 };
-use crate::protocol::broker::{BrokerMessage, Nonce, RefusalCode, Role, RELAY_HEADER_LEN};
+use crate::protocol::broker::{
+    encoded_len, BrokerMessage, Nonce, RefusalCode, Role, AMPLIFICATION_FACTOR,
+    MAX_BROKER_MESSAGE_BYTES, RELAY_HEADER_LEN,
+};
+use crate::protocol::identity::NodeId;
+use crate::protocol::record::{Record, WireRecord};
 
 /// Limits of the broker's relay, after libp2p circuit relay v2's resource manager.
 #[derive(Debug, Clone)]
@@ -59,6 +75,31 @@ impl Default for RelayConfig {
     }
 }
 
+/// Bounds on what a broker keeps of registrations.
+#[derive(Debug, Clone)]
+pub struct RegistrationLimits {
+    /// Registrations from one source IP (a NAT with many workers behind it counts as
+    /// one). Default 16.
+    pub per_ip: usize,
+    /// Registrations of one service key. Default 1024.
+    pub per_key: usize,
+    /// Distinct service keys. Default 64.
+    pub keys: usize,
+    /// Registrations in all. Default 4096.
+    pub total: usize,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            per_ip: DEFAULT_MAX_REGISTRATIONS_PER_IP,
+            per_key: DEFAULT_MAX_REGISTRATIONS_PER_KEY,
+            keys: DEFAULT_MAX_KEYS_PER_BROKER,
+            total: DEFAULT_MAX_REGISTRATIONS,
+        }
+    }
+}
+
 /// Settings of a [`Rendezvous`].
 #[derive(Debug, Clone)]
 pub struct RendezvousConfig {
@@ -72,6 +113,8 @@ pub struct RendezvousConfig {
     /// toward the asker (up to 2048 probes for a symmetric one), so a spoofed source
     /// must not turn the broker and its workers into an amplifier. Default 60.
     pub connects_per_minute: u32,
+    /// Bounds on registrations.
+    pub limits: RegistrationLimits,
     /// Relay limits.
     pub relay: RelayConfig,
 }
@@ -83,6 +126,7 @@ impl Default for RendezvousConfig {
             introduction_ttl: DEFAULT_INTRODUCTION_TTL,
             alt: None,
             connects_per_minute: DEFAULT_CONNECTS_PER_MINUTE,
+            limits: RegistrationLimits::default(),
             relay: RelayConfig::default(),
         }
     }
@@ -90,7 +134,10 @@ impl Default for RendezvousConfig {
 
 #[derive(Debug, Clone)]
 struct Registration {
+    node: NodeId,
     addr: SocketAddr,
+    record: WireRecord,
+    seq: i64,
     local: Vec<SocketAddr>,
     rtt_ms: u32,
     symmetric: bool,
@@ -135,6 +182,19 @@ pub struct Rendezvous {
     rng: StdRng,
 }
 
+/// One inbound broker message with what the driver knows about it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Monotonic time of receipt (timers).
+    pub now: Instant,
+    /// Wall-clock time of receipt, ms since the Unix epoch (record expiry).
+    pub unix_ms: u64,
+    /// Source address.
+    pub from: SocketAddr,
+    /// Size of the datagram, bytes (for the anti-amplification bound).
+    pub len: usize,
+}
+
 impl Rendezvous {
     /// A broker state with no registrations, using the OS's randomness for nonces.
     pub fn new(config: RendezvousConfig) -> Self {
@@ -159,18 +219,29 @@ impl Rendezvous {
         self.workers.get(key).map_or(0, Vec::len)
     }
 
+    /// Number of live registrations in all.
+    pub fn registrations(&self) -> usize {
+        self.workers.values().map(Vec::len).sum()
+    }
+
+    /// The service keys with at least one live registration: the broker announces itself
+    /// in the DHT under each (docs/protocol.md §1.3), so that lookups find these workers.
+    pub fn served_keys(&self) -> BTreeSet<String> {
+        self.workers.keys().cloned().collect()
+    }
+
     /// Number of open relay circuits.
     pub fn circuits(&self) -> usize {
         self.circuits.len()
     }
 
-    /// Handles one broker message from `from` at `now`; returns what to send.
+    /// Handles one broker message; returns what to send.
     pub fn handle(
         &mut self,
-        now: Instant,
-        from: SocketAddr,
+        inbound: &Inbound,
         message: BrokerMessage,
     ) -> Vec<(SocketAddr, BrokerMessage)> {
+        let (now, from) = (inbound.now, inbound.from);
         self.expire(now);
         match message {
             BrokerMessage::Ping { tx } => vec![(
@@ -181,53 +252,31 @@ impl Rendezvous {
                     alt: self.config.alt,
                 },
             )],
-            BrokerMessage::Register {
-                tx,
-                key,
-                local,
-                rtt_ms,
-                symmetric,
-            } => {
-                let expires = now + self.config.registration_ttl;
-                let entries = self.workers.entry(key).or_default();
-                let local: Vec<SocketAddr> = local.into_iter().take(8).collect();
-                match entries.iter_mut().find(|r| r.addr == from) {
-                    Some(r) => {
-                        r.local = local;
-                        r.rtt_ms = rtt_ms;
-                        r.symmetric = symmetric;
-                        r.expires = expires;
-                    }
-                    None => entries.push(Registration {
-                        addr: from,
-                        local,
-                        rtt_ms,
-                        symmetric,
-                        expires,
-                    }),
-                }
-                vec![(
-                    from,
-                    BrokerMessage::Registered {
-                        tx,
-                        reflexive: from,
-                        expires_ms: millis(self.config.registration_ttl),
-                    },
-                )]
+            BrokerMessage::Register { tx, record, rtt_ms } => {
+                vec![(from, self.register(inbound, tx, record, rtt_ms))]
+            }
+            BrokerMessage::Unregister { tx, record } => {
+                vec![(from, self.unregister(inbound, tx, record))]
+            }
+            BrokerMessage::List { tx, key, skip, .. } => {
+                vec![(from, self.list(inbound, tx, &key, skip))]
             }
             BrokerMessage::Connect {
                 tx,
                 key,
+                node,
                 local,
                 rtt_ms,
                 symmetric,
-            } => self.introduce(now, from, tx, &key, local, rtt_ms, symmetric),
+                ..
+            } => self.introduce(inbound, tx, &key, node, local, rtt_ms, symmetric),
             BrokerMessage::RelayRequest { tx, nonce } => self.open_circuit(now, from, tx, nonce),
             // Answers and pushes are the broker's own kinds: a peer sending them is confused.
             BrokerMessage::Pong { tx, .. }
             | BrokerMessage::Registered { tx, .. }
             | BrokerMessage::Introduce { tx, .. }
             | BrokerMessage::RelayGranted { tx, .. }
+            | BrokerMessage::Listed { tx, .. }
             | BrokerMessage::Refused { tx, .. } => vec![(
                 from,
                 refusal(
@@ -240,17 +289,182 @@ impl Rendezvous {
         }
     }
 
+    fn register(
+        &mut self,
+        inbound: &Inbound,
+        tx: u64,
+        wire: WireRecord,
+        rtt_ms: u32,
+    ) -> BrokerMessage {
+        let from = inbound.from;
+        let record = match self.believe(inbound, &wire) {
+            Ok(record) => record,
+            Err(refused) => return refusal(tx, None, RefusalCode::BadRecord, &refused),
+        };
+        let expires = inbound.now + self.config.registration_ttl;
+        let limits = self.config.limits.clone();
+        let total = self.registrations();
+        let from_ip = self
+            .workers
+            .values()
+            .flatten()
+            .filter(|r| r.addr.ip() == from.ip() && r.node != record.node)
+            .count();
+        let keys = self.workers.len();
+        let key_known = self.workers.contains_key(&record.service);
+        let entries = self.workers.entry(record.service.clone()).or_default();
+        let local: Vec<SocketAddr> = record.body.local.iter().copied().take(8).collect();
+        match entries.iter_mut().find(|r| r.node == record.node) {
+            Some(r) if record.seq < r.seq => {
+                return refusal(
+                    tx,
+                    None,
+                    RefusalCode::BadRecord,
+                    "this record is older than the one registered for the node (a replay?)",
+                );
+            }
+            Some(r) => {
+                r.addr = from;
+                r.record = wire;
+                r.seq = record.seq;
+                r.local = local;
+                r.rtt_ms = rtt_ms;
+                r.symmetric = record.body.sym;
+                r.expires = expires;
+            }
+            None => {
+                let full = if from_ip >= limits.per_ip {
+                    Some(format!(
+                        "{} workers are registered from {} already",
+                        limits.per_ip,
+                        from.ip()
+                    ))
+                } else if entries.len() >= limits.per_key {
+                    Some(format!(
+                        "{} workers are registered for {:?} already",
+                        limits.per_key, record.service
+                    ))
+                } else if !key_known && keys >= limits.keys {
+                    Some(format!("{} service keys are served already", limits.keys))
+                } else if total >= limits.total {
+                    Some(format!("{} workers are registered already", limits.total))
+                } else {
+                    None
+                };
+                if let Some(why) = full {
+                    if entries.is_empty() {
+                        self.workers.remove(&record.service);
+                    }
+                    return refusal(
+                        tx,
+                        None,
+                        RefusalCode::Full,
+                        &format!("this broker is full: {why}; register with another broker"),
+                    );
+                }
+                entries.push(Registration {
+                    node: record.node,
+                    addr: from,
+                    record: wire,
+                    seq: record.seq,
+                    local,
+                    rtt_ms,
+                    symmetric: record.body.sym,
+                    expires,
+                });
+            }
+        }
+        BrokerMessage::Registered {
+            tx,
+            reflexive: from,
+            expires_ms: millis(self.config.registration_ttl),
+        }
+    }
+
+    /// Checks a registering worker's record: it verifies and is fresh, and names the
+    /// source address as the worker's reflexive address here (so a record replayed from
+    /// another address registers nothing).
+    fn believe(&self, inbound: &Inbound, wire: &WireRecord) -> Result<Record, String> {
+        let record = wire
+            .verify(&wire.salt, None, inbound.unix_ms)
+            .map_err(|e| e.to_string())?;
+        if record.service.is_empty() {
+            return Err("the record names no service key".into());
+        }
+        if !record.body.via.iter().any(|v| v.reflexive == inbound.from) {
+            return Err(format!(
+                "the record does not name {} as the worker's reflexive address at this                  broker: ping the broker from the QUIC socket and sign what it answers",
+                inbound.from
+            ));
+        }
+        Ok(record)
+    }
+
+    fn unregister(&mut self, inbound: &Inbound, tx: u64, wire: WireRecord) -> BrokerMessage {
+        let gone = BrokerMessage::Registered {
+            tx,
+            reflexive: inbound.from,
+            expires_ms: 0,
+        };
+        let record = match wire.verify(&wire.salt, None, inbound.unix_ms) {
+            Ok(record) => record,
+            Err(e) => return refusal(tx, None, RefusalCode::BadRecord, &e.to_string()),
+        };
+        let Some(entries) = self.workers.get_mut(&record.service) else {
+            return gone;
+        };
+        if let Some(at) = entries.iter().position(|r| r.node == record.node) {
+            if record.seq <= entries[at].seq {
+                return refusal(
+                    tx,
+                    None,
+                    RefusalCode::BadRecord,
+                    "the withdrawal must be signed after the registration it ends",
+                );
+            }
+            entries.swap_remove(at);
+        }
+        if entries.is_empty() {
+            self.workers.remove(&record.service);
+        }
+        gone
+    }
+
+    fn list(&mut self, inbound: &Inbound, tx: u64, key: &str, skip: u16) -> BrokerMessage {
+        let entries = self.workers.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let total = u16::try_from(entries.len()).unwrap_or(u16::MAX);
+        let budget = answer_budget(inbound.len);
+        let mut answer = BrokerMessage::Listed {
+            tx,
+            records: Vec::new(),
+            total,
+        };
+        let mut used = encoded_len(&answer);
+        for r in entries.iter().skip(usize::from(skip)) {
+            let more = encoded_len_of_record(&r.record);
+            if used + more > budget {
+                break;
+            }
+            used += more;
+            if let BrokerMessage::Listed { records, .. } = &mut answer {
+                records.push(r.record.clone());
+            }
+        }
+        answer
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn introduce(
         &mut self,
-        now: Instant,
-        client: SocketAddr,
+        inbound: &Inbound,
         tx: u64,
         key: &str,
+        node: Option<[u8; 32]>,
         local: Vec<SocketAddr>,
         client_rtt: u32,
         client_symmetric: bool,
     ) -> Vec<(SocketAddr, BrokerMessage)> {
+        let (now, client) = (inbound.now, inbound.from);
         let window = self.connect_rate.entry(client.ip()).or_insert((now, 0));
         if now.duration_since(window.0) >= Duration::from_secs(60) {
             *window = (now, 0);
@@ -272,20 +486,38 @@ impl Rendezvous {
         }
         window.1 += 1;
         let candidates = self.workers.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        if candidates.is_empty() {
-            return vec![(
-                client,
-                refusal(
-                    tx,
-                    None,
-                    RefusalCode::NoWorker,
-                    &format!("no worker is registered for {key:?} at this broker"),
-                ),
-            )];
-        }
-        let worker = candidates[self.rng.random_range(0..candidates.len())].clone();
+        let chosen = match node {
+            Some(node) => candidates.iter().find(|r| r.node.as_bytes() == &node),
+            None if candidates.is_empty() => None,
+            None => Some(&candidates[self.rng.random_range(0..candidates.len())]),
+        };
+        let Some(worker) = chosen.cloned() else {
+            let message = match node.and_then(|n| NodeId::from_bytes(n).ok()) {
+                Some(node) => format!("node {node} is not registered for {key:?} at this broker"),
+                None => format!("no worker is registered for {key:?} at this broker"),
+            };
+            return vec![(client, refusal(tx, None, RefusalCode::NoWorker, &message))];
+        };
         let nonce: Nonce = self.rng.random();
         let slowest = client_rtt.max(worker.rtt_ms);
+        let local: Vec<SocketAddr> = local.into_iter().take(8).collect();
+        let mut to_client = BrokerMessage::Introduce {
+            tx,
+            role: Role::Dial,
+            peer_reflexive: worker.addr,
+            peer_local: worker.local.clone(),
+            nonce,
+            delay_ms: (slowest - client_rtt) / 2,
+            peer_symmetric: worker.symmetric,
+            record: Some(worker.record.clone()),
+        };
+        if encoded_len(&to_client) > answer_budget(inbound.len) {
+            // Too small a request for the record: the client learns the node from the
+            // handshake instead (it pads its Connect to get the record, §5.3).
+            if let BrokerMessage::Introduce { record, .. } = &mut to_client {
+                *record = None;
+            }
+        }
         self.introductions.insert(
             nonce,
             Introduction {
@@ -294,7 +526,6 @@ impl Rendezvous {
                 expires: now + self.config.introduction_ttl,
             },
         );
-        let local: Vec<SocketAddr> = local.into_iter().take(8).collect();
         vec![
             (
                 worker.addr,
@@ -306,20 +537,10 @@ impl Rendezvous {
                     nonce,
                     delay_ms: (slowest - worker.rtt_ms) / 2,
                     peer_symmetric: client_symmetric,
+                    record: None,
                 },
             ),
-            (
-                client,
-                BrokerMessage::Introduce {
-                    tx,
-                    role: Role::Dial,
-                    peer_reflexive: worker.addr,
-                    peer_local: worker.local,
-                    nonce,
-                    delay_ms: (slowest - client_rtt) / 2,
-                    peer_symmetric: worker.symmetric,
-                },
-            ),
+            (client, to_client),
         ]
     }
 
@@ -490,6 +711,18 @@ fn refusal(tx: u64, circuit: Option<u32>, code: RefusalCode, message: &str) -> B
     }
 }
 
+/// Bytes an answer to a request of `len` bytes may take: three times the request
+/// (RFC 9000 §8.1's factor), within one broker datagram.
+fn answer_budget(len: usize) -> usize {
+    len.saturating_mul(AMPLIFICATION_FACTOR)
+        .min(MAX_BROKER_MESSAGE_BYTES)
+}
+
+/// Bytes a record adds to a `Listed` answer.
+fn encoded_len_of_record(record: &WireRecord) -> usize {
+    rmp_serde::encode::to_vec_named(record).map_or(MAX_BROKER_MESSAGE_BYTES, |v| v.len())
+}
+
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
@@ -512,20 +745,70 @@ mod tests {
         )
     }
 
-    fn register(r: &mut Rendezvous, now: Instant, worker: SocketAddr, rtt_ms: u32) {
-        let out = r.handle(
+    const WALL: u64 = 1_795_317_760_000;
+
+    fn inbound(now: Instant, from: SocketAddr) -> Inbound {
+        Inbound {
             now,
-            worker,
+            unix_ms: WALL,
+            from,
+            len: 400,
+        }
+    }
+
+    /// A worker's record for key "k" as a broker at `broker` sees it from `reflexive`.
+    fn record_of(seed: u8, reflexive: SocketAddr, seq_offset: u64) -> WireRecord {
+        use crate::protocol::identity::NodeKey;
+        use crate::protocol::record::{RecordBody, Via, RECORD_VERSION};
+        let body = RecordBody {
+            v: RECORD_VERSION,
+            exp: WALL + 240_000,
+            local: vec![addr("10.0.0.2:4000")],
+            via: vec![Via {
+                broker: addr("203.0.113.250:30001"),
+                reflexive,
+            }],
+            ..RecordBody::default()
+        };
+        Record::sign(
+            &NodeKey::from_seed([seed; 32]),
+            "k",
+            WALL + seq_offset,
+            body,
+        )
+        .unwrap()
+        .wire
+    }
+
+    fn register_as(
+        r: &mut Rendezvous,
+        now: Instant,
+        worker: SocketAddr,
+        record: WireRecord,
+    ) -> BrokerMessage {
+        let out = r.handle(
+            &inbound(now, worker),
             BrokerMessage::Register {
                 tx: 1,
-                key: "k".into(),
-                local: vec![addr("10.0.0.2:4000")],
+                record,
+                rtt_ms: 0,
+            },
+        );
+        out[0].1.clone()
+    }
+
+    fn register(r: &mut Rendezvous, now: Instant, worker: SocketAddr, rtt_ms: u32) {
+        let out = r.handle(
+            &inbound(now, worker),
+            BrokerMessage::Register {
+                tx: 1,
+                record: record_of(1, worker, 0),
                 rtt_ms,
-                symmetric: false,
             },
         );
         assert!(
-            matches!(out[0].1, BrokerMessage::Registered { reflexive, .. } if reflexive == worker)
+            matches!(out[0].1, BrokerMessage::Registered { reflexive, .. } if reflexive == worker),
+            "{out:?}"
         );
     }
 
@@ -536,16 +819,235 @@ mod tests {
         rtt_ms: u32,
     ) -> Vec<(SocketAddr, BrokerMessage)> {
         r.handle(
-            now,
-            client,
+            &inbound(now, client),
             BrokerMessage::Connect {
                 tx: 42,
                 key: "k".into(),
+                node: None,
                 local: vec![],
                 rtt_ms,
                 symmetric: true,
+                pad: vec![],
             },
         )
+    }
+
+    #[test]
+    fn a_registration_needs_a_record_made_for_its_source_address() {
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        let worker = addr("203.0.113.1:1000");
+        // Forged: the body altered after signing.
+        let mut forged = record_of(1, worker, 0);
+        forged.v = String::from_utf8(forged.v)
+            .unwrap()
+            .replace("10.0.0.2", "10.0.0.9")
+            .into_bytes();
+        assert!(matches!(
+            register_as(&mut r, now, worker, forged),
+            BrokerMessage::Refused {
+                code: RefusalCode::BadRecord,
+                ..
+            }
+        ));
+        // Replayed from another address: the record names the worker's own.
+        let stolen = record_of(1, worker, 0);
+        assert!(matches!(
+            register_as(&mut r, now, addr("198.51.100.66:1000"), stolen),
+            BrokerMessage::Refused {
+                code: RefusalCode::BadRecord,
+                ..
+            }
+        ));
+        assert_eq!(r.registered("k"), 0);
+        // The real one, then an older one of the same node.
+        register_as(&mut r, now, worker, record_of(1, worker, 10));
+        assert_eq!(r.registered("k"), 1);
+        assert!(matches!(
+            register_as(&mut r, now, worker, record_of(1, worker, 5)),
+            BrokerMessage::Refused {
+                code: RefusalCode::BadRecord,
+                ..
+            }
+        ));
+        // A newer one from a moved mapping replaces it (NAT rebinding).
+        let moved = addr("203.0.113.1:1001");
+        assert!(matches!(
+            register_as(&mut r, now, moved, record_of(1, moved, 20)),
+            BrokerMessage::Registered { .. }
+        ));
+        assert_eq!(r.registered("k"), 1);
+        assert_eq!(
+            r.served_keys().into_iter().collect::<Vec<_>>(),
+            vec!["k".to_string()]
+        );
+    }
+
+    #[test]
+    fn registrations_are_bounded_per_ip_and_a_node_withdraws_itself() {
+        let mut r = Rendezvous::with_rng(
+            RendezvousConfig {
+                limits: RegistrationLimits {
+                    per_ip: 2,
+                    ..RegistrationLimits::default()
+                },
+                ..RendezvousConfig::default()
+            },
+            StdRng::seed_from_u64(1),
+        );
+        let now = Instant::now();
+        for (seed, port) in [(1u8, 1000u16), (2, 1001)] {
+            let w = SocketAddr::from(([203, 0, 113, 1], port));
+            assert!(matches!(
+                register_as(&mut r, now, w, record_of(seed, w, 0)),
+                BrokerMessage::Registered { .. }
+            ));
+        }
+        let third = addr("203.0.113.1:1002");
+        assert!(matches!(
+            register_as(&mut r, now, third, record_of(3, third, 0)),
+            BrokerMessage::Refused {
+                code: RefusalCode::Full,
+                ..
+            }
+        ));
+        // Another IP is not affected.
+        let other = addr("203.0.113.2:1000");
+        assert!(matches!(
+            register_as(&mut r, now, other, record_of(3, other, 0)),
+            BrokerMessage::Registered { .. }
+        ));
+        // Unregister needs a newer record of the node; then it is gone.
+        let w = addr("203.0.113.1:1000");
+        let out = r.handle(
+            &inbound(now, w),
+            BrokerMessage::Unregister {
+                tx: 9,
+                record: record_of(1, w, 0),
+            },
+        );
+        assert!(matches!(
+            out[0].1,
+            BrokerMessage::Refused {
+                code: RefusalCode::BadRecord,
+                ..
+            }
+        ));
+        let out = r.handle(
+            &inbound(now, w),
+            BrokerMessage::Unregister {
+                tx: 9,
+                record: record_of(1, w, 1),
+            },
+        );
+        assert!(matches!(
+            out[0].1,
+            BrokerMessage::Registered { expires_ms: 0, .. }
+        ));
+        assert_eq!(r.registered("k"), 2);
+    }
+
+    #[test]
+    fn list_pages_records_within_three_times_the_request() {
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        for i in 0..10u8 {
+            let w = SocketAddr::from(([203, 0, 113, 10 + i], 1000));
+            register_as(&mut r, now, w, record_of(i + 1, w, 0));
+        }
+        let list = |r: &mut Rendezvous, len: usize, skip: u16| {
+            let mut inbound = inbound(now, addr("198.51.100.1:5"));
+            inbound.len = len;
+            let out = r.handle(
+                &inbound,
+                BrokerMessage::List {
+                    tx: 3,
+                    key: "k".into(),
+                    skip,
+                    pad: vec![],
+                },
+            );
+            let BrokerMessage::Listed { records, total, .. } = out[0].1.clone() else {
+                panic!("{out:?}")
+            };
+            (
+                records,
+                total,
+                crate::protocol::broker::encoded_len(&out[0].1),
+            )
+        };
+        // A tiny request gets the count only: no amplification.
+        let (records, total, size) = list(&mut r, 30, 0);
+        assert!(records.is_empty());
+        assert_eq!(total, 10);
+        assert!(size <= 90);
+        // A padded one gets a page within 3 × 400 bytes, and the pages cover all.
+        let mut seen = 0;
+        while seen < 10 {
+            let (records, _, size) = list(&mut r, 400, seen);
+            assert!(
+                !records.is_empty() && size <= 1200,
+                "{} records, {size} bytes",
+                records.len()
+            );
+            seen += records.len() as u16;
+        }
+        assert_eq!(seen, 10);
+    }
+
+    #[test]
+    fn a_client_may_ask_for_a_named_node_and_gets_its_record() {
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        let (w1, w2) = (addr("203.0.113.1:1000"), addr("203.0.113.2:1000"));
+        register_as(&mut r, now, w1, record_of(1, w1, 0));
+        register_as(&mut r, now, w2, record_of(2, w2, 0));
+        let wanted = crate::protocol::identity::NodeKey::from_seed([2; 32]).node_id();
+        for _ in 0..5 {
+            let out = r.handle(
+                &inbound(now, addr("198.51.100.1:5")),
+                BrokerMessage::Connect {
+                    tx: 7,
+                    key: "k".into(),
+                    node: Some(*wanted.as_bytes()),
+                    local: vec![],
+                    rtt_ms: 1,
+                    symmetric: false,
+                    pad: vec![],
+                },
+            );
+            assert_eq!(out[0].0, w2);
+            let BrokerMessage::Introduce {
+                record: Some(record),
+                ..
+            } = &out[1].1
+            else {
+                panic!("{out:?}")
+            };
+            assert_eq!(record.k, *wanted.as_bytes());
+        }
+        let stranger = crate::protocol::identity::NodeKey::from_seed([9; 32]).node_id();
+        let out = r.handle(
+            &inbound(now, addr("198.51.100.1:5")),
+            BrokerMessage::Connect {
+                tx: 7,
+                key: "k".into(),
+                node: Some(*stranger.as_bytes()),
+                local: vec![],
+                rtt_ms: 1,
+                symmetric: false,
+                pad: vec![],
+            },
+        );
+        let BrokerMessage::Refused {
+            code: RefusalCode::NoWorker,
+            message,
+            ..
+        } = &out[0].1
+        else {
+            panic!("{out:?}")
+        };
+        assert!(message.contains(&stranger.to_string()), "{message}");
     }
 
     #[test]
@@ -652,7 +1154,10 @@ mod tests {
         let BrokerMessage::Introduce { nonce, .. } = out[1].1 else {
             panic!()
         };
-        let out = r.handle(now, client, BrokerMessage::RelayRequest { tx: 5, nonce });
+        let out = r.handle(
+            &inbound(now, client),
+            BrokerMessage::RelayRequest { tx: 5, nonce },
+        );
         match &out[0].1 {
             BrokerMessage::RelayGranted { circuit, .. } => Ok(*circuit),
             BrokerMessage::Refused { code, .. } => Err(*code),
@@ -727,8 +1232,7 @@ mod tests {
         let now = Instant::now();
         register(&mut r, now, addr("203.0.113.1:1000"), 0);
         let out = r.handle(
-            now,
-            addr("192.0.2.1:1"),
+            &inbound(now, addr("192.0.2.1:1")),
             BrokerMessage::RelayRequest {
                 tx: 1,
                 nonce: [0; 16],

@@ -6,20 +6,21 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use nano_connect::bench::{self, LoadConfig, LoadReport, Target};
-use nano_connect::defaults::DEFAULT_GRAPE_URL;
 use nano_connect::echo::{self, ECHO_KEY};
+
+use super::route::RouteArgs;
 
 /// Measure a mesh: keep N requests in flight and report requests/s and latency.
 ///
 ///   nano-connect bench --grape http://127.0.0.1:30001 --service echo -c 64 -n 100000
-///   nano-connect bench --worker 127.0.0.1:4433 -c 1 --answer 65536
+///   nano-connect bench --worker-addr 127.0.0.1:4433 -c 1 --answer 65536
 ///   nano-connect bench --service nano_rpc --body '{"action":"block_count"}' -c 64
 ///   nano-connect bench --http http://127.0.0.1:7076 --body '{"action":"block_count"}'
-///   nano-connect bench --worker 127.0.0.1:4433 --idle-connections 2000 --hold 30
+///   nano-connect bench --worker-addr 127.0.0.1:4433 --idle-connections 2000 --hold 30
 ///
-/// The target is a service key looked up through --grape (the default), one worker
-/// (--worker, no lookup), or a plain HTTP endpoint taking POSTs (--http, for comparing
-/// with the node itself). By default the body is a sized request for the echo service
+/// The target is a service key found as `call` finds it (--grape, --broker or an own DHT
+/// node: the same route), one worker (--worker-addr, no lookup), or a plain HTTP
+/// endpoint taking POSTs (--http, for comparing with the node itself). By default the body is a sized request for the echo service
 /// (`nano-connect worker --service echo`): --payload bytes that ask for an answer of
 /// --answer bytes; --body sends fixed bytes instead (for fibonacci or nano_rpc).
 ///
@@ -33,14 +34,18 @@ use nano_connect::echo::{self, ECHO_KEY};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
-    /// The grape's HTTP API, for looking --service up.
-    #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
-    grape: String,
+    #[command(flatten)]
+    route: RouteArgs,
     /// Service key to ask for.
     #[arg(long, default_value = ECHO_KEY, value_name = "KEY")]
     service: String,
-    /// Send to this worker directly (no lookup).
-    #[arg(long, value_name = "IP:PORT", conflicts_with = "http")]
+    /// Send to the worker at this address directly (no lookup).
+    #[arg(
+        long = "worker-addr",
+        alias = "worker",
+        value_name = "IP:PORT",
+        conflicts_with = "http"
+    )]
     worker: Option<SocketAddr>,
     /// POST to this HTTP URL instead of the mesh (baseline).
     #[arg(long, value_name = "URL")]
@@ -120,7 +125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             key: args.service.clone(),
         },
         (None, None) => Target::Key {
-            grape: args.grape.clone(),
+            discovery: args.route.discovery().await?,
             key: args.service.clone(),
         },
     };
@@ -152,7 +157,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
 fn describe(target: &Target) -> String {
     match target {
-        Target::Key { grape, key } => format!("{key} via {grape}"),
+        Target::Key { key, .. } => format!("{key} through the mesh"),
         Target::Worker { addr, key } => format!("{key} at {addr}"),
         Target::Http { url } => format!("POST {url}"),
     }

@@ -8,9 +8,10 @@ use clap::Args;
 use grape::{Grape, GrapeConfig};
 use nano_connect::defaults::{DEFAULT_NANO_RPC_URL, DEFAULT_SERVICE_KEY};
 use nano_connect::discovery::link::Link;
+use nano_connect::discovery::Directory;
 use nano_connect::fibonacci::{FibonacciService, FIBONACCI_KEY};
 use nano_connect::nano::{NanoRelay, NanoRelayConfig, Policy};
-use nano_connect::route::{RpcClient, RpcClientConfig};
+use nano_connect::route::{Discovery, RpcClient, RpcClientConfig};
 use nano_connect::worker::{RpcServer, RpcServerConfig};
 
 use super::worker::WorkerService;
@@ -167,7 +168,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ms(t.elapsed())
     );
 
-    let client = RpcClient::new(Some(link_b), RpcClientConfig::default())?;
+    let client = RpcClient::new(
+        Discovery::Directory(Directory::Grape(link_b)),
+        RpcClientConfig::default(),
+    )?;
     for (label, body) in &requests {
         let t = Instant::now();
         match client.request(key, body.as_bytes()).await {

@@ -6,21 +6,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
-use nano_connect::discovery::link::Link;
+use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_SERVICE_KEY};
 use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 use nano_connect::metrics::{Exposition, GatewayMetrics};
+use nano_connect::protocol::identity::NodeId;
 use nano_connect::route::{RpcClient, RpcClientConfig};
 use tracing::info;
 
+use super::route::RouteArgs;
+
 /// Serve the Nano node RPC on a local HTTP port and carry every request through the mesh.
+///
+///   nano-connect gateway                      (joins the public mainline DHT)
+///   nano-connect gateway --grape http://127.0.0.1:30001 --listen 127.0.0.1:7076
 ///
 /// Point wallet software or a Nano client library at http://LISTEN/ as if it were a
 /// node: POST a JSON body such as {"action":"block_count"} and get the node's answer as
 /// is. Failures of the mesh (no worker, a refusal, a timeout) come back as nano-node
 /// reports its own errors: HTTP 200 {"error": "nano-connect: ..."}. Browser pages may
 /// call it (CORS, any origin). Read-only actions are retried on another worker when one
-/// fails; process, work_generate and block_confirm are sent once.
+/// fails; process, work_generate and block_confirm are sent once. Workers behind NATs
+/// are reached by hole punching or through a broker's relay, as public ones directly;
+/// --trust limits the gateway to named nodes.
 ///
 /// Prints one JSON line {"event":"listening","addr":...,"port":...} on stdout once it
 /// serves. Ctrl-C stops it.
@@ -31,9 +38,12 @@ pub struct GatewayArgs {
     /// choose another port).
     #[arg(long, default_value = DEFAULT_GATEWAY_LISTEN, value_name = "HOST:PORT")]
     listen: SocketAddr,
-    /// The grape's HTTP API used for lookups.
-    #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
-    grape: String,
+    #[command(flatten)]
+    route: RouteArgs,
+    /// Use only these workers (node ids, comma-separated): no other node, and nothing on
+    /// the path standing in for one, answers through this gateway.
+    #[arg(long, value_delimiter = ',', value_name = "NODE_ID,...")]
+    trust: Vec<NodeId>,
     /// Service key to look up.
     #[arg(long, default_value = DEFAULT_SERVICE_KEY, value_name = "KEY")]
     service: String,
@@ -57,9 +67,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.timeout),
         ..RpcClientConfig::default()
     };
-    let client = Arc::new(
-        RpcClient::new(Some(Link::new(&args.grape)), config).context("cannot start the client")?,
-    );
+    let discovery = args.route.discovery().await?;
+    let mut client = RpcClient::new(discovery, config)
+        .context("cannot start the client")?
+        .with_trust(args.trust.clone());
+    if let Some(cache) = args.route.cache() {
+        client = client.with_cache(cache);
+    }
+    let client = Arc::new(client);
     let gateway = Gateway::new(
         client.clone(),
         GatewayConfig {
@@ -85,7 +100,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let addr = listener.local_addr().context("local address")?;
-    info!(%addr, grape = %args.grape, key = %args.service, quorum = args.quorum, "gateway serving");
+    info!(%addr, key = %args.service, quorum = args.quorum, trusted = args.trust.len(), "gateway serving");
     super::emit(serde_json::json!({
         "event": "listening",
         "addr": addr.to_string(),

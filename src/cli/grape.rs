@@ -146,6 +146,15 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
             format!("cannot start the broker on UDP {addr} (give another --broker-port, or --no-broker)")
         })?)
     };
+    if let Some(broker) = &broker {
+        // Findable through the DHT: workers behind NATs look for brokers, clients for
+        // the brokers of a key (docs/protocol.md §1.3).
+        broker.announce_in(
+            grape.dht_shared(),
+            broker.addr().port(),
+            nano_connect::defaults::DEFAULT_ANNOUNCE_INTERVAL,
+        );
+    }
     info!(dht = %grape.dht_addr(), api = %grape.api_addr(), broker = ?broker.as_ref().map(Broker::addr), "grape serving");
     let mut event = serde_json::json!({
         "event": "listening",

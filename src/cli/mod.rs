@@ -7,33 +7,15 @@ mod demo;
 mod gateway;
 mod grape;
 mod netcheck;
+mod route;
 mod worker;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Exit codes, shared by the subcommands and listed in `call --help`.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Any failure not listed below (bad configuration, port in use, ...).
-    pub const FAILURE: u8 = 1;
-    /// Bad command line (clap's own code).
-    #[allow(dead_code)]
-    pub const USAGE: u8 = 2;
-    /// The worker refused the request (action not allowed, invalid request, ...).
-    pub const REFUSED: u8 = 3;
-    /// The Nano node answered with an error (`{"error": ...}` or a non-2xx status).
-    pub const NODE_ERROR: u8 = 4;
-    /// No worker announces the service key.
-    pub const NO_WORKER: u8 = 5;
-    /// No answer within the deadline.
-    pub const TIMEOUT: u8 = 6;
-    /// The grape or every worker found was unreachable.
-    pub const UNREACHABLE: u8 = 7;
-    /// `--quorum`: the workers asked did not agree (or too few announce the key).
-    pub const NO_QUORUM: u8 = 8;
-}
+/// Exit codes, shared by the subcommands and listed in `call --help` (the library's one
+/// table, so that every face agrees).
+pub use nano_connect::route::error::exit;
 
 /// nano-connect: Nano node RPC over a Grenache-style mesh of grapes and workers.
 ///
@@ -178,6 +160,31 @@ pub async fn serve_metrics(
             .with_context(|| format!("cannot serve metrics on {listen} (--metrics)"))?;
     tracing::info!(addr = %bound, "metrics at /metrics");
     Ok(bound.to_string())
+}
+
+/// Set (to anything) to forbid joining the public mainline DHT: a process that would
+/// (no `--grape`, `--broker` or `--bootstrap`) fails instead. The tests set it, so that
+/// no test ever contacts the public bootstrap routers.
+pub const NO_PUBLIC_DHT_ENV: &str = "NANO_CONNECT_NO_PUBLIC_DHT";
+
+/// This process's own DHT node (client mode), bootstrapped from `bootstrap` (`None`: the
+/// public mainline routers, unless [`NO_PUBLIC_DHT_ENV`] forbids it).
+///
+/// Errors: the public DHT is forbidden, a bootstrap node does not resolve, no UDP port.
+pub async fn embedded_directory(
+    bootstrap: Option<Vec<String>>,
+) -> anyhow::Result<nano_connect::discovery::Directory> {
+    use anyhow::Context;
+    if bootstrap.is_none() {
+        anyhow::ensure!(
+            std::env::var_os(NO_PUBLIC_DHT_ENV).is_none(),
+            "no --grape, --broker or --bootstrap, and {NO_PUBLIC_DHT_ENV} forbids joining the public DHT"
+        );
+        tracing::info!("no --grape, --broker or --bootstrap: joining the public mainline DHT");
+    }
+    nano_connect::discovery::Directory::embedded(bootstrap)
+        .await
+        .context("cannot start this process's DHT node (--bootstrap)")
 }
 
 /// Prints one machine-readable event line on stdout (for scripts and tests).

@@ -7,42 +7,78 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nano_connect::defaults::{DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE_URL, DEFAULT_SERVICE_KEY};
+use futures::FutureExt;
+use nano_connect::defaults::{DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_SERVICE_KEY};
 use nano_connect::discovery::link::Link;
+use nano_connect::discovery::Directory;
 use nano_connect::echo::EchoService;
 use nano_connect::fibonacci::FibonacciService;
-use nano_connect::metrics::{Exposition, WorkerMetrics};
+use nano_connect::metrics::WorkerMetrics;
 use nano_connect::nano::config::{self as nano_config, NanoService, NanoServiceConfig, WorkerFile};
 use nano_connect::nano::NanoRelay;
 use nano_connect::service::{Handler, Reply, Request};
-use nano_connect::transport::nat_socket::NatSocket;
-use nano_connect::transport::server_endpoint;
 use nano_connect::traversal::broker_of;
-use nano_connect::worker::health::{self, Announce, DEFAULT_HEALTH_INTERVAL};
-use nano_connect::worker::presence::{run_worker_agent, ServeExtra, WorkerAgentConfig};
-use nano_connect::worker::{RpcServer, RpcServerConfig};
-use tokio_util::sync::CancellationToken;
+use nano_connect::worker::health::{self, DEFAULT_HEALTH_INTERVAL};
+use nano_connect::worker::{keyfile, BrokerChoice, Mode, PresenceEvent, WorkerBuilder};
 use tracing::{info, warn};
 
-/// Run a worker: accept QUIC connections, announce KEY through the grape, and relay
-/// each allowlisted Nano RPC request to the node.
+/// Run a worker: serve KEY next to a Nano node, and keep it findable in the mesh.
+///
+///   nano-connect worker --announce nano_rpc              (joins the public mainline DHT)
+///   nano-connect worker --grape http://127.0.0.1:30001   (through a grape of yours)
+///
+/// The worker checks its NAT against brokers it finds in the DHT (or --broker): with no
+/// NAT in front of it, it announces its QUIC port under KEY; behind a NAT (a home router),
+/// it registers with up to two brokers, which introduce callers (hole punching) or relay
+/// for them. Either way it publishes a record signed with its node key (BEP 44), and its
+/// node id (from --key, made on first start) names it everywhere.
 ///
 /// Only read-only actions reach the node by default (the list is in docs/protocol.md);
 /// `--allow` opts in to process (never with force), work_generate and block_confirm.
 /// Requests are posted to the node's `/` with no client headers. Prints one JSON line
-/// `{"event":"listening",...}` on stdout once it serves. Ctrl-C stops it.
+/// `{"event":"listening",...,"node_id":...}` on stdout once it serves, then
+/// `{"event":"presence","mode":"public"|"brokered",...}` and, per broker,
+/// `{"event":"registered","broker":...,"reflexive":...}`. Ctrl-C stops it (it leaves its
+/// brokers first).
 ///
 /// Settings come from flags, then `--config FILE` (TOML; examples/worker.toml shows every
-/// field), then the defaults. The worker announces only while its node answers its
+/// field), then the defaults. The worker is in the mesh only while its node answers its
 /// health probe (`version`), and answers repeated reads from a cache (TTL per action).
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct WorkerArgs {
     /// Service key to announce (its infohash is SHA-1 of the key, see docs/protocol.md).
     #[arg(long, default_value = DEFAULT_SERVICE_KEY, value_name = "KEY")]
     announce: String,
-    /// The grape's HTTP API, used to announce.
-    #[arg(long, default_value = DEFAULT_GRAPE_URL, value_name = "URL")]
-    grape: String,
+    /// A grape's HTTP API to announce and publish through (a grape on this host). Without
+    /// it the worker runs a DHT node of its own (see --bootstrap).
+    #[arg(long, value_name = "URL")]
+    grape: Option<String>,
+    /// DHT nodes the worker's own DHT node bootstraps from, HOST:PORT[,HOST:PORT...]
+    /// [default: the public mainline routers, router.bittorrent.com:6881 and others].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HOST:PORT",
+        conflicts_with = "grape"
+    )]
+    bootstrap: Option<Vec<String>>,
+    /// Use the broker of the grape whose DHT address is HOST:PORT (it listens on PORT +
+    /// 10000) instead of brokers found in the DHT; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    broker: Vec<String>,
+    /// Announce as a public worker without checking for a NAT (a host you know is
+    /// reachable on --port).
+    #[arg(long, conflicts_with_all = ["broker", "via_broker"])]
+    public: bool,
+    /// Register with brokers even when no NAT is seen: for a host whose firewall drops
+    /// unsolicited inbound UDP, which no NAT check can see.
+    #[arg(long)]
+    via_broker: bool,
+    /// The node key file (made on first start, mode 0600) [default:
+    /// $XDG_DATA_HOME/nano-connect/worker.key; env NANO_CONNECT_KEY].
+    #[arg(long, value_name = "PATH", env = "NANO_CONNECT_KEY")]
+    key: Option<PathBuf>,
     /// The Nano node's RPC (only scheme, host and port are used; requests go to `/`)
     /// [default: [node] url, else http://127.0.0.1:7076].
     #[arg(long, value_name = "URL")]
@@ -50,16 +86,19 @@ pub struct WorkerArgs {
     /// Worker settings file (TOML, see examples/worker.toml); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// UDP port for QUIC (0 = any free port).
+    /// UDP port for QUIC and NAT traversal (0 = any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Address to bind the QUIC socket to.
+    /// Address to bind the UDP socket to.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
-    /// Seconds between re-announces, with ±50 % jitter as Grenache does. Must be at most
-    /// half the grapes' announce window (256 s by default).
+    /// Seconds between re-announces and record publications, with ±50 % jitter as
+    /// Grenache does. Must be at most half the grapes' announce window (256 s by default).
     #[arg(long, default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs_f64(), value_name = "SECS")]
     announce_interval: f64,
+    /// Brokers a worker behind a NAT registers with.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    max_brokers: usize,
     /// Opt in to an action beyond the read-only allowlist (process, work_generate,
     /// block_confirm); repeat for several.
     #[arg(long = "allow", value_name = "ACTION")]
@@ -99,17 +138,10 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Seconds between health probes of the node; the worker stops announcing after two
-    /// failed probes in a row and starts again after one good one.
+    /// Seconds between health probes of the node; the worker leaves the mesh after two
+    /// failed probes in a row and comes back after one good one.
     #[arg(long, default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64(), value_name = "SECS")]
     health_interval: f64,
-    /// Register KEY with the broker of the grape whose DHT address is HOST:PORT (the
-    /// broker listens on PORT + 10000), instead of announcing through --grape: for a worker
-    /// behind a NAT. Clients then reach it with `call --broker HOST:PORT`, directly, by
-    /// hole punching, or through the broker's relay. Prints one more JSON line
-    /// `{"event":"registered","broker":...,"reflexive":...}` once registered.
-    #[arg(long, value_name = "HOST:PORT")]
-    broker: Option<String>,
     /// What to serve: the Nano RPC relay, the Grenache tutorial's fibonacci service
     /// (for trying the mesh without a node), or echo (for benchmarks: answers the body,
     /// or an answer of the size a sized request asks for, see `nano-connect bench`).
@@ -160,112 +192,129 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Some(path) => WorkerFile::load(path)?,
         None => WorkerFile::default(),
     };
+    let key_path = match &args.key {
+        Some(path) => path.clone(),
+        None => keyfile::default_path()?,
+    };
+    let (key, new) = keyfile::load_or_create(&key_path)?;
+    if new {
+        info!(path = %key_path.display(), node = %key.node_id(), "made a new node key");
+    }
     let metrics = Arc::new(WorkerMetrics::new());
-    let mut first_probe_ok = true;
-    let mut relay = None;
+    let mut builder = WorkerBuilder::new(args.announce.clone())
+        .key(key)
+        .bind(SocketAddr::new(args.bind, args.port))
+        .presence(|p| {
+            p.announce_interval = interval;
+            p.max_brokers = args.max_brokers.max(1);
+            p.assume_nat = args.via_broker;
+        })
+        .metrics(metrics.clone(), args.metrics.or(file.metrics.listen));
+    let max_request_bytes = args.max_request_bytes.or(file.limits.max_request_bytes);
+    let max_streams = args.max_streams.or(file.limits.max_concurrent_streams);
+    if let Some(streams) = max_streams {
+        anyhow::ensure!(streams > 0, "--max-streams must be at least 1");
+    }
+    builder = builder.server(|config| {
+        if let Some(bytes) = max_request_bytes {
+            config.max_request_bytes = bytes;
+        }
+        if let Some(streams) = max_streams {
+            config.quic.max_concurrent_streams = streams;
+        }
+    });
+    builder = builder.directory(match &args.grape {
+        Some(url) => Directory::Grape(Link::new(url)),
+        None => super::embedded_directory(args.bootstrap.clone()).await?,
+    });
+    builder = builder.brokers(if args.public {
+        BrokerChoice::Off
+    } else if args.broker.is_empty() {
+        BrokerChoice::Discover
+    } else {
+        BrokerChoice::Fixed(
+            args.broker
+                .iter()
+                .map(|b| broker_of(b.trim()))
+                .collect::<Result<_, _>>()
+                .context("--broker")?,
+        )
+    });
     let service = match args.service {
         ServiceKind::NanoRpc => {
             let config = nano_settings(&args, &file)?;
             let node_url = config.relay.node_url.clone();
             let service = nano_config::build(config, metrics.clone())
                 .context("--nano-rpc / --work-server")?;
-            match service.node().probe().await {
-                Ok(version) => info!(
-                    node = %node_url,
-                    vendor = version.node_vendor.as_deref().unwrap_or("?"),
-                    network = version.network.as_deref().unwrap_or("?"),
-                    "Nano node answers"
-                ),
+            let first_ok = match service.node().probe().await {
+                Ok(version) => {
+                    info!(
+                        node = %node_url,
+                        vendor = version.node_vendor.as_deref().unwrap_or("?"),
+                        network = version.network.as_deref().unwrap_or("?"),
+                        "Nano node answers"
+                    );
+                    true
+                }
                 Err(e) => {
-                    first_probe_ok = false;
                     warn!(
                         node = %node_url,
                         error = %e,
-                        "Nano node does not answer yet; requests fail until it does, and the worker is withdrawn from lookups if it stays down"
-                    )
+                        "Nano node does not answer yet; requests fail until it does, and the worker leaves the mesh if it stays down"
+                    );
+                    false
                 }
-            }
-            relay = Some(service.node().clone());
+            };
+            let relay: NanoRelay = service.node().clone();
+            let probe: health::Probe = Arc::new(move || {
+                let relay = relay.clone();
+                async move { relay.probe().await.is_ok() }.boxed()
+            });
+            let answers: health::AnswerCount = {
+                let metrics = metrics.clone();
+                Arc::new(move || metrics.node_answers())
+            };
+            builder = builder.health(probe, health_interval, first_ok, Some(answers));
             WorkerService::NanoStack(Box::new(service))
         }
         ServiceKind::Fibonacci => WorkerService::Fibonacci(FibonacciService),
         ServiceKind::Echo => WorkerService::Echo(EchoService),
     };
-    let mut config = RpcServerConfig {
-        keys: vec![args.announce.clone()],
-        ..RpcServerConfig::default()
-    };
-    if let Some(bytes) = args.max_request_bytes.or(file.limits.max_request_bytes) {
-        config.max_request_bytes = bytes;
-    }
-    if let Some(streams) = args.max_streams.or(file.limits.max_concurrent_streams) {
-        anyhow::ensure!(streams > 0, "--max-streams must be at least 1");
-        config.quic.max_concurrent_streams = streams;
-    }
-    if let Some(broker) = &args.broker {
-        return run_brokered(&args, broker, config, service).await;
-    }
-    let server = RpcServer::bind(SocketAddr::new(args.bind, args.port), config, service)
+    let builder = builder.on_event(|event| match event {
+        PresenceEvent::Mode(mode) => {
+            let brokers: Vec<String> = match &mode {
+                Mode::Public => Vec::new(),
+                Mode::Brokered(b) => b.iter().map(ToString::to_string).collect(),
+            };
+            super::emit(serde_json::json!({
+                "event": "presence",
+                "mode": mode.as_str(),
+                "brokers": brokers,
+            }));
+        }
+        PresenceEvent::Registered { broker, reflexive } => super::emit(serde_json::json!({
+            "event": "registered",
+            "broker": broker.to_string(),
+            "reflexive": reflexive.to_string(),
+        })),
+        PresenceEvent::Withdrawn => super::emit(serde_json::json!({"event": "withdrawn"})),
+    });
+    let worker = builder
+        .spawn(service)
         .await
         .context("cannot start the worker")?;
-    let addr = server.local_addr();
-    info!(%addr, key = %args.announce, grape = %args.grape, "worker serving");
-    let cancel = CancellationToken::new();
-    let metrics_addr = match args.metrics.or(file.metrics.listen) {
-        Some(listen) => {
-            let endpoint = server.endpoint().clone();
-            let gauges = metrics.clone();
-            let exposition = Exposition {
-                registry: metrics.registry().clone(),
-                before_scrape: Arc::new(move || {
-                    gauges.set_open_connections(endpoint.open_connections())
-                }),
-            };
-            Some(super::serve_metrics(listen, exposition, cancel.clone()).await?)
-        }
-        None => None,
-    };
+    let addr = worker.local_addr();
     super::emit(serde_json::json!({
         "event": "listening",
         "addr": addr.to_string(),
         "port": addr.port(),
         "key": args.announce,
-        "metrics": metrics_addr,
+        "node_id": worker.node_id().to_string(),
+        "metrics": worker.metrics_addr().map(|a| a.to_string()),
     }));
-
-    let link = Link::new(&args.grape);
-    let announce = Announce {
-        link: link.clone(),
-        key: args.announce.clone(),
-        port: addr.port(),
-        interval,
-    };
-    let announcer = match relay {
-        Some(relay) => tokio::spawn(health::run(
-            relay,
-            announce,
-            health_interval,
-            first_probe_ok,
-            {
-                let metrics = metrics.clone();
-                move || metrics.node_answers()
-            },
-            cancel.clone(),
-        )),
-        None => link.spawn_announcer(
-            args.announce.clone(),
-            addr.port(),
-            interval,
-            cancel.clone(),
-            |_| {},
-        ),
-    };
-
     super::shutdown_signal().await;
     info!("shutting down");
-    cancel.cancel();
-    let _ = announcer.await;
-    server.shutdown(Duration::from_secs(1)).await;
+    worker.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }
 
@@ -310,76 +359,4 @@ fn nano_settings(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Result<NanoSer
         config.cache_entries = entries;
     }
     Ok(config)
-}
-
-/// A worker registered with a broker: QUIC and the broker protocol share one socket, so
-/// the broker sees the mapping that QUIC uses.
-async fn run_brokered(
-    args: &WorkerArgs,
-    broker: &str,
-    config: RpcServerConfig,
-    service: WorkerService,
-) -> anyhow::Result<()> {
-    let broker = broker_of(broker).context("--broker")?;
-    let bind = SocketAddr::new(args.bind, args.port);
-    let (socket, diverted) =
-        NatSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
-    let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
-    let endpoint = server_endpoint(abstract_socket, &config.quic, &config.identity)
-        .context("cannot start the worker")?;
-    let service = Arc::new(service);
-    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
-    let addr = server.local_addr();
-    info!(%addr, key = %args.announce, %broker, "worker serving through a broker");
-    // Servers on the birthday method's winning sockets (symmetric NAT in front of us).
-    let extra: Arc<std::sync::Mutex<Vec<RpcServer>>> = Arc::default();
-    let serve_extra: ServeExtra = {
-        let extra = extra.clone();
-        Arc::new(move |socket: Arc<NatSocket>, _diverted| {
-            let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
-            match server_endpoint(abstract_socket, &config.quic, &config.identity) {
-                Ok(endpoint) => {
-                    let server = RpcServer::serve(endpoint, config.clone(), service.clone());
-                    if let Ok(mut extra) = extra.lock() {
-                        extra.push(server);
-                    }
-                }
-                Err(e) => warn!(%e, "cannot serve on the birthday socket"),
-            }
-        })
-    };
-    super::emit(serde_json::json!({
-        "event": "listening",
-        "addr": addr.to_string(),
-        "port": addr.port(),
-        "key": args.announce,
-    }));
-    let cancel = CancellationToken::new();
-    let agent = tokio::spawn(run_worker_agent(
-        socket,
-        diverted,
-        WorkerAgentConfig::new(broker, args.announce.clone()),
-        cancel.clone(),
-        |broker, reflexive| {
-            super::emit(serde_json::json!({
-                "event": "registered",
-                "broker": broker.to_string(),
-                "reflexive": reflexive.to_string(),
-            }))
-        },
-        Some(serve_extra),
-    ));
-    super::shutdown_signal().await;
-    info!("shutting down");
-    cancel.cancel();
-    let _ = agent.await;
-    let extra: Vec<RpcServer> = extra
-        .lock()
-        .map(|mut e| e.drain(..).collect())
-        .unwrap_or_default();
-    for server in extra {
-        server.shutdown(Duration::from_millis(200)).await;
-    }
-    server.shutdown(Duration::from_secs(1)).await;
-    Ok(())
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::defaults::{DEFAULT_GRAPE_HTTP_TIMEOUT, DEFAULT_LOOKUP_CACHE_TTL};
+use crate::protocol::record::WireRecord;
 
 /// Why a grape request failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +156,68 @@ impl Link {
             cache.insert(key.to_string(), addrs.clone());
         }
         Ok(addrs)
+    }
+
+    /// Puts a worker's signed record through the grape (`/put` with `k`, `sig`, `seq`,
+    /// `salt`, BEP 44): the grape checks the signature and stores it in the DHT, and
+    /// cannot alter it (it holds no key).
+    ///
+    /// Errors: unreachable grape, or its `ERR_GRAPE_PUT*` code.
+    pub async fn put_record(&self, record: &WireRecord) -> Result<(), LinkError> {
+        let v = std::str::from_utf8(&record.v).map_err(|_| LinkError::BadAnswer {
+            what: "record",
+            detail: "the record body is not UTF-8 text".into(),
+        })?;
+        let data = serde_json::json!({
+            "v": v,
+            "k": hex::encode(record.k),
+            "sig": hex::encode(record.sig),
+            "seq": record.seq,
+            "salt": record.salt,
+        });
+        self.request("put", &data).await.map(|_| ())
+    }
+
+    /// Gets the BEP 44 item of node key `k` with salt `salt` through the grape (`/get`
+    /// with `k` and `salt`), unverified: the caller checks it ([`WireRecord::verify`]),
+    /// since the grape is not trusted. `None` when the DHT has none.
+    ///
+    /// Errors: unreachable grape, its error code, or an answer that is not an item.
+    pub async fn get_record(
+        &self,
+        k: &[u8; 32],
+        salt: &str,
+    ) -> Result<Option<WireRecord>, LinkError> {
+        let data = serde_json::json!({ "k": hex::encode(k), "salt": salt });
+        let answer = self.request("get", &data).await?;
+        if answer.is_null() {
+            return Ok(None);
+        }
+        let bad = |detail: &str| LinkError::BadAnswer {
+            what: "get answer",
+            detail: detail.to_string(),
+        };
+        let field = |name: &str| answer.get(name).ok_or_else(|| bad(name));
+        let hex_field = |name: &str| -> Result<Vec<u8>, LinkError> {
+            let text = field(name)?.as_str().ok_or_else(|| bad(name))?;
+            hex::decode(text).map_err(|_| bad(name))
+        };
+        let k: [u8; 32] = hex_field("k")?.try_into().map_err(|_| bad("k"))?;
+        let sig: [u8; 64] = hex_field("sig")?.try_into().map_err(|_| bad("sig"))?;
+        Ok(Some(WireRecord {
+            k,
+            salt: field("salt")?
+                .as_str()
+                .ok_or_else(|| bad("salt"))?
+                .to_string(),
+            seq: field("seq")?.as_i64().ok_or_else(|| bad("seq"))?,
+            v: field("v")?
+                .as_str()
+                .ok_or_else(|| bad("v"))?
+                .as_bytes()
+                .to_vec(),
+            sig,
+        }))
     }
 
     /// Forgets the cached lookup of `key`, so that the next lookup asks the grape.

@@ -12,12 +12,14 @@
 //! - **The node's answer, as is.** The status and body a worker's node gave (nano-node's
 //!   errors are HTTP 200 `{"error": "..."}`; RsNano refuses malformed requests with HTTP
 //!   422 and plain text). `content-type` is `application/json` when the body parses as
-//!   JSON, `text/plain` otherwise, and `x-nano-connect-worker` names the worker.
+//!   JSON, `text/plain` otherwise, and `x-nano-connect-worker` names the worker by its
+//!   node id (the key its handshake proved).
 //! - **Mesh failures in the node's dialect.** No worker, a refusal, a timeout, a quorum
 //!   not met: HTTP 200 `{"error": "..."}`, as nano-node reports its own errors, with a
 //!   message that starts with `nano-connect:` and says which action and why (for
-//!   example `nano-connect: worker 127.0.0.1:4000 refused "wallet_create":
-//!   action_not_allowed: ...`), and an `x-nano-connect-error` header with the code.
+//!   example `nano-connect: worker NODEID (127.0.0.1:4000) refused "wallet_create":
+//!   action_not_allowed: ...`), and an `x-nano-connect-error` header with the code
+//!   ([`crate::route::error`] has the one table of codes).
 //! - **Any path, POST only.** Nano clients post to whatever URL they were given; every
 //!   path is served the same. `OPTIONS` answers CORS preflights (any origin), so that a
 //!   browser page can call the gateway; other methods get HTTP 405 with a JSON error.
@@ -34,8 +36,9 @@
 //! three nodes would publish one block three times, and the later nodes' "Old block"
 //! answers would make a published block look like a disagreement.
 //!
-//! The gateway takes its [`RpcClient`] from the caller, so that how the client reaches
-//! workers (a grape lookup, or another way) is decided outside it.
+//! The gateway takes its [`RpcClient`] from the caller, so that how the client finds and
+//! reaches workers (a grape, its own DHT node, brokers, trusted nodes only) is decided
+//! outside it, the same way as for `call`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,7 +54,7 @@ use tower_http::cors::{Any, CorsLayer};
 
 use crate::metrics::GatewayMetrics;
 use crate::nano::retry::{action_of, failover_safe, options_for};
-use crate::protocol::frame::ErrorCode;
+use crate::protocol::identity::NodeId;
 use crate::route::quorum::{request_quorum, QuorumError};
 use crate::route::{Answer, CallError, RpcClient};
 
@@ -60,7 +63,7 @@ pub use crate::defaults::DEFAULT_GATEWAY_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTE
 /// How long browsers may cache a CORS preflight answer, in seconds (one day).
 const PREFLIGHT_MAX_AGE_SECS: u64 = 86_400;
 
-/// Header naming the worker that answered (`ip:port`).
+/// Header naming the worker that answered, by node id.
 pub const WORKER_HEADER: &str = "x-nano-connect-worker";
 
 /// Header carrying the code of a mesh failure (`no_worker`, `action_not_allowed`, ...).
@@ -97,7 +100,9 @@ pub enum GatewayReply {
         status: u16,
         /// The node's body, unchanged.
         body: Vec<u8>,
-        /// The worker that answered.
+        /// The worker that answered, by node id.
+        node: NodeId,
+        /// Its address.
         worker: SocketAddr,
     },
     /// The mesh gave no node answer: a wire or mesh code (`no_worker`, `timeout`,
@@ -157,11 +162,13 @@ impl Gateway {
             Ok(Answer {
                 status,
                 body,
+                node,
                 worker,
                 ..
             }) => GatewayReply::Node {
                 status,
                 body,
+                node,
                 worker,
             },
             Err(e) => failure(&action, e),
@@ -174,8 +181,13 @@ impl Gateway {
             metrics.carried(outcome, started.elapsed());
         }
         match &reply {
-            GatewayReply::Node { status, worker, .. } => tracing::debug!(
-                %action, %worker, status, ms = started.elapsed().as_secs_f64() * 1e3, "carried"
+            GatewayReply::Node {
+                status,
+                node,
+                worker,
+                ..
+            } => tracing::debug!(
+                %action, %node, %worker, status, ms = started.elapsed().as_secs_f64() * 1e3, "carried"
             ),
             GatewayReply::Failure { code, message } => {
                 tracing::info!(%action, code, "{message}")
@@ -215,22 +227,13 @@ pub async fn serve(
 
 /// The [`GatewayReply::Failure`] for a failed request of `action`.
 fn failure(action: &str, error: QuorumError) -> GatewayReply {
-    let (code, message) = match &error {
-        QuorumError::Call(CallError::Refused { worker, error }) => (
-            error.code.as_str(),
-            format!(
-                "worker {worker} refused {action:?}: {}: {}",
-                error.code, error.message
-            ),
+    let code = error.code();
+    let message = match &error {
+        QuorumError::Call(CallError::Refused { worker, error }) => format!(
+            "worker {worker} refused {action:?}: {}: {}",
+            error.code, error.message
         ),
-        QuorumError::Call(CallError::NoWorkers { .. }) => ("no_worker", error.to_string()),
-        QuorumError::Call(CallError::Timeout { .. }) => ("timeout", error.to_string()),
-        QuorumError::Call(CallError::Unreachable { .. } | CallError::Lookup(_)) => {
-            ("unreachable", error.to_string())
-        }
-        QuorumError::TooFewWorkers { .. } => ("no_worker", error.to_string()),
-        QuorumError::Disagreement(_) => ("disagreement", error.to_string()),
-        _ => (ErrorCode::Internal.as_str(), error.to_string()),
+        other => other.to_string(),
     };
     let message = if message.contains(action) {
         message
@@ -291,9 +294,7 @@ async fn serve_one(State(gateway): State<Gateway>, method: Method, body: Body) -
     };
     match gateway.carry(&bytes).await {
         GatewayReply::Node {
-            status,
-            body,
-            worker,
+            status, body, node, ..
         } => {
             let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
                 "application/json"
@@ -307,7 +308,7 @@ async fn serve_one(State(gateway): State<Gateway>, method: Method, body: Body) -
                 body,
             )
                 .into_response();
-            if let Ok(value) = HeaderValue::from_str(&worker.to_string()) {
+            if let Ok(value) = HeaderValue::from_str(&node.to_string()) {
                 response.headers_mut().insert(WORKER_HEADER, value);
             }
             response

@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::record::WireRecord;
+
 /// First byte of a broker message.
 pub const TAG_BROKER: u8 = 0x30;
 /// First byte of a relayed QUIC datagram.
@@ -32,6 +34,10 @@ pub const NONCE_LEN: usize = 16;
 pub const RELAY_HEADER_LEN: usize = 5;
 /// Largest broker message accepted, bytes: messages carry a few addresses and a key.
 pub const MAX_BROKER_MESSAGE_BYTES: usize = 1200;
+/// An answer to a `List` or `Connect` is at most this many times the request's size
+/// (QUIC's anti-amplification factor, RFC 9000 §8.1): a request with a spoofed source
+/// cannot be turned into a flood toward its victim.
+pub const AMPLIFICATION_FACTOR: usize = 3;
 
 /// A fresh-random introduction nonce: punches carry it, so that only the two introduced
 /// peers can open a path (Grenache's punches carried none).
@@ -64,6 +70,12 @@ pub enum RefusalCode {
     RelayDurationExceeded,
     /// The message was not understood.
     BadRequest,
+    /// A registration's record does not verify (forged, altered, expired, for another
+    /// key, or not made for the address it came from).
+    BadRecord,
+    /// The broker holds as many registrations as it takes (from this address, for this
+    /// key, or in all); register elsewhere.
+    Full,
 }
 
 /// A message between a peer and the broker, MessagePack after [`TAG_BROKER`].
@@ -87,20 +99,27 @@ pub enum BrokerMessage {
         /// telling endpoint-independent from endpoint-dependent mapping (RFC 4787 §4.1).
         alt: Option<SocketAddr>,
     },
-    /// Worker → broker, from its QUIC socket: registers (or refreshes) `key`.
+    /// Worker → broker, from its QUIC socket: registers (or refreshes) its signed
+    /// record for the record's service key. The record must list this broker's view of
+    /// the worker (`via[].reflexive` equal to the source address), and its `seq` must not
+    /// be older than the one registered before for the same node.
     Register {
         /// Transaction id.
         tx: u64,
-        /// Service key served.
-        key: String,
-        /// Addresses the worker's QUIC socket has on its own host (for peers on its LAN).
-        local: Vec<SocketAddr>,
+        /// The worker's record (docs/protocol.md §6): service key, node id, local
+        /// addresses, symmetric flag, signed.
+        record: WireRecord,
         /// The worker's last measured round-trip time to the broker, ms (0: unknown).
         rtt_ms: u32,
-        /// Whether the worker's NAT maps endpoint-dependently (symmetric), as its own
-        /// mapping check found; absent means false.
-        #[serde(default)]
-        symmetric: bool,
+    },
+    /// Worker → broker: withdraws its registration for the record's key (a node going
+    /// away or unhealthy). The record must be signed by the registered node and newer
+    /// than the registered one; answered with `Registered` whose `expires_ms` is 0.
+    Unregister {
+        /// Transaction id.
+        tx: u64,
+        /// A fresh record of the node, which proves that the node itself asks.
+        record: WireRecord,
     },
     /// Broker → worker: the registration holds until `expires_ms` from now unless refreshed.
     Registered {
@@ -111,12 +130,16 @@ pub enum BrokerMessage {
         /// Milliseconds the registration lives without a refresh.
         expires_ms: u32,
     },
-    /// Client → broker: asks to be introduced to a worker of `key`.
+    /// Client → broker: asks to be introduced to a worker of `key`: the node `node` when
+    /// given, else one the broker picks at random.
     Connect {
         /// Transaction id.
         tx: u64,
         /// Service key wanted.
         key: String,
+        /// The node wanted (its 32 key bytes); absent: any.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        node: Option<[u8; 32]>,
         /// Addresses the client's QUIC socket has on its own host.
         local: Vec<SocketAddr>,
         /// The client's measured round-trip time to the broker, ms (0: unknown).
@@ -124,6 +147,10 @@ pub enum BrokerMessage {
         /// Whether the client's NAT maps endpoint-dependently (symmetric); absent: false.
         #[serde(default)]
         symmetric: bool,
+        /// Padding, ignored (see `List`): the `Introduce` answer carries the worker's
+        /// record only when it fits three times the `Connect`.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        pad: Vec<u8>,
     },
     /// Broker → both peers: the other side's addresses, a nonce and a start delay.
     Introduce {
@@ -145,6 +172,35 @@ pub enum BrokerMessage {
         /// the birthday method (docs/protocol.md §5.4); absent means false.
         #[serde(default)]
         peer_symmetric: bool,
+        /// To the client: the worker's signed record, so that the client knows which
+        /// node it is about to reach before it dials (absent toward the worker).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<WireRecord>,
+    },
+    /// Anyone → broker (or → a public worker's QUIC socket): the signed records of the
+    /// workers of `key` the broker holds (a worker answers with its own), from the
+    /// `skip`-th on.
+    List {
+        /// Transaction id.
+        tx: u64,
+        /// Service key.
+        key: String,
+        /// Records to skip (paging: a broker answers as many as fit one datagram).
+        #[serde(default)]
+        skip: u16,
+        /// Padding, ignored: an answer is at most three times its request's size, so a
+        /// requester pads to [`PADDED_REQUEST_BYTES`] to get a page of records.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        pad: Vec<u8>,
+    },
+    /// Answer to `List`: some records, and how many there are in all.
+    Listed {
+        /// Transaction id of the list request.
+        tx: u64,
+        /// Records `skip ..` (as many as fit 1200 bytes).
+        records: Vec<WireRecord>,
+        /// Records the broker holds for the key in all.
+        total: u16,
     },
     /// Client → broker: no direct path opened; relay the introduction named by `nonce`.
     RelayRequest {
@@ -179,6 +235,9 @@ pub enum BrokerMessage {
 }
 
 /// A NAT-traversal datagram, decoded.
+// Datagrams are decoded one at a time and handled at once, never stored in bulk: the
+// size of the broker variant (a record inline) costs nothing worth a box per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Datagram<'a> {
     /// A STUN message (RFC 8489).
@@ -260,6 +319,27 @@ pub fn encode_broker(message: &BrokerMessage) -> Vec<u8> {
     out
 }
 
+/// Bytes a broker message takes on the wire (tag included).
+pub fn encoded_len(message: &BrokerMessage) -> usize {
+    encode_broker(message).len()
+}
+
+/// What a requester pads `List` and `Connect` to: three times this fits a page of
+/// records in one 1200-byte answer.
+pub const PADDED_REQUEST_BYTES: usize = MAX_BROKER_MESSAGE_BYTES / 3;
+
+/// Pads a `List` or `Connect` (other kinds unchanged) so that it encodes to about
+/// [`PADDED_REQUEST_BYTES`], for an answer with records (see `List::pad`).
+pub fn padded(mut message: BrokerMessage) -> BrokerMessage {
+    let len = encoded_len(&message);
+    if let BrokerMessage::List { pad, .. } | BrokerMessage::Connect { pad, .. } = &mut message {
+        // A bin8/bin16 header takes 2-3 bytes, the "pad" key 4.
+        let want = PADDED_REQUEST_BYTES.saturating_sub(len + 7);
+        *pad = vec![0; want];
+    }
+    message
+}
+
 /// Encodes a relay frame around `payload`.
 pub fn encode_relay(circuit: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(RELAY_HEADER_LEN + payload.len());
@@ -287,6 +367,26 @@ mod tests {
         "198.51.100.4:5000".parse().unwrap()
     }
 
+    /// A typical signed record (a worker behind a NAT with one broker) for `salt`.
+    fn record(salt: String) -> WireRecord {
+        use crate::protocol::identity::NodeKey;
+        use crate::protocol::record::{Record, RecordBody, Via, RECORD_VERSION};
+        let body = RecordBody {
+            v: RECORD_VERSION,
+            exp: 1_795_317_999_000,
+            addrs: vec![],
+            local: vec!["10.0.1.2:41234".parse().unwrap()],
+            via: vec![Via {
+                broker: "203.0.113.11:30001".parse().unwrap(),
+                reflexive: "203.0.113.101:41234".parse().unwrap(),
+            }],
+            sym: false,
+        };
+        Record::sign(&NodeKey::from_seed([4; 32]), &salt, 1_795_317_760_000, body)
+            .unwrap()
+            .wire
+    }
+
     #[test]
     fn every_message_round_trips_and_stays_below_quic() {
         let messages = vec![
@@ -298,10 +398,13 @@ mod tests {
             },
             BrokerMessage::Register {
                 tx: 2,
-                key: "nano_rpc".into(),
-                local: vec![addr()],
+                record: record("nano_rpc".into()),
                 rtt_ms: 3,
-                symmetric: false,
+            },
+            BrokerMessage::Listed {
+                tx: 4,
+                records: vec![record("nano_rpc".into()); 3],
+                total: 9,
             },
             BrokerMessage::Introduce {
                 tx: 3,
@@ -311,6 +414,7 @@ mod tests {
                 nonce: [7; NONCE_LEN],
                 delay_ms: 12,
                 peer_symmetric: true,
+                record: Some(record("nano_rpc".into())),
             },
             BrokerMessage::Refused {
                 tx: 0,
@@ -322,7 +426,35 @@ mod tests {
         for m in messages {
             let bytes = encode_broker(&m);
             assert!(bytes[0] < 0x40);
+            assert!(
+                bytes.len() <= MAX_BROKER_MESSAGE_BYTES,
+                "{} bytes: {m:?}",
+                bytes.len()
+            );
             assert_eq!(decode(&bytes), Ok(Datagram::Broker(m)));
+        }
+        for small in [
+            BrokerMessage::List {
+                tx: 1,
+                key: "nano_rpc".into(),
+                skip: 0,
+                pad: vec![],
+            },
+            BrokerMessage::Connect {
+                tx: 1,
+                key: "nano_rpc".into(),
+                node: Some([9; 32]),
+                local: vec![addr()],
+                rtt_ms: 5,
+                symmetric: false,
+                pad: vec![],
+            },
+        ] {
+            let len = encoded_len(&padded(small));
+            assert!(
+                (PADDED_REQUEST_BYTES - 4..=PADDED_REQUEST_BYTES).contains(&len),
+                "{len}"
+            );
         }
         let punch = encode_punch(&[1; NONCE_LEN], false);
         assert!(punch.len() < 22);
@@ -350,21 +482,34 @@ mod tests {
             any::<u64>().prop_map(|tx| BrokerMessage::Ping { tx }),
             (any::<u64>(), any_addr(), proptest::option::of(any_addr()))
                 .prop_map(|(tx, reflexive, alt)| BrokerMessage::Pong { tx, reflexive, alt }),
+            (any::<u64>(), "[a-z_]{1,40}", any::<u32>(),).prop_map(|(tx, salt, rtt_ms)| {
+                BrokerMessage::Register {
+                    tx,
+                    record: record(salt),
+                    rtt_ms,
+                }
+            }),
+            (any::<u64>(), "[a-z_]{1,40}").prop_map(|(tx, salt)| BrokerMessage::Unregister {
+                tx,
+                record: record(salt),
+            }),
+            (any::<u64>(), ".{0,40}", any::<u16>(), 0..64usize).prop_map(|(tx, key, skip, pad)| {
+                BrokerMessage::List {
+                    tx,
+                    key,
+                    skip,
+                    pad: vec![0; pad],
+                }
+            }),
             (
                 any::<u64>(),
-                "[a-z_]{1,40}",
-                addrs(),
-                any::<u32>(),
-                any::<bool>()
+                proptest::collection::vec("[a-z]{1,8}", 0..3),
+                any::<u16>()
             )
-                .prop_map(|(tx, key, local, rtt_ms, symmetric)| {
-                    BrokerMessage::Register {
-                        tx,
-                        key,
-                        local,
-                        rtt_ms,
-                        symmetric,
-                    }
+                .prop_map(|(tx, salts, total)| BrokerMessage::Listed {
+                    tx,
+                    records: salts.into_iter().map(record).collect(),
+                    total,
                 }),
             (any::<u64>(), any_addr(), any::<u32>()).prop_map(|(tx, reflexive, expires_ms)| {
                 BrokerMessage::Registered {
@@ -376,17 +521,20 @@ mod tests {
             (
                 any::<u64>(),
                 ".{0,40}",
+                proptest::option::of(any::<[u8; 32]>()),
                 addrs(),
                 any::<u32>(),
                 any::<bool>()
             )
-                .prop_map(|(tx, key, local, rtt_ms, symmetric)| {
+                .prop_map(|(tx, key, node, local, rtt_ms, symmetric)| {
                     BrokerMessage::Connect {
                         tx,
                         key,
+                        node,
                         local,
                         rtt_ms,
                         symmetric,
+                        pad: Vec::new(),
                     }
                 }),
             (
@@ -396,10 +544,20 @@ mod tests {
                 addrs(),
                 any::<Nonce>(),
                 any::<u32>(),
-                any::<bool>()
+                any::<bool>(),
+                proptest::option::of("[a-z]{1,8}"),
             )
                 .prop_map(
-                    |(tx, dial, peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric)| {
+                    |(
+                        tx,
+                        dial,
+                        peer_reflexive,
+                        peer_local,
+                        nonce,
+                        delay_ms,
+                        peer_symmetric,
+                        salt,
+                    )| {
                         BrokerMessage::Introduce {
                             tx,
                             role: if dial { Role::Dial } else { Role::Punch },
@@ -408,6 +566,7 @@ mod tests {
                             nonce,
                             delay_ms,
                             peer_symmetric,
+                            record: salt.map(record),
                         }
                     }
                 ),

@@ -42,6 +42,15 @@ pub fn is_stun(bytes: &[u8]) -> bool {
     bytes.len() >= 20 && bytes[0] < 0x40 && bytes[4..8] == MAGIC_COOKIE
 }
 
+/// The transaction id of a STUN message (RFC 8489 §5: bytes 8 to 20 of the header), if
+/// `bytes` is one.
+pub fn transaction_id(bytes: &[u8]) -> Option<[u8; TRANSACTION_ID_LEN]> {
+    if !is_stun(bytes) {
+        return None;
+    }
+    bytes.get(8..20)?.try_into().ok()
+}
+
 /// A Binding request with a fresh random transaction id: returns the id and the bytes
 /// to send (20 bytes, no attributes).
 pub fn binding_request() -> Result<([u8; TRANSACTION_ID_LEN], Vec<u8>), StunError> {

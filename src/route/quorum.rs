@@ -10,15 +10,18 @@
 //!
 //! [`tally`] is the vote (pure); [`request_quorum`] asks the workers and tallies.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
 
 use rand::seq::SliceRandom;
 
-use super::client::{Answer, CallError, RpcClient};
+use super::client::{Answer, RpcClient};
+use super::error::CallError;
+use crate::protocol::identity::NodeId;
 
-/// One worker's outcome in a vote: its answer (status and body) or why it gave none.
-pub type Vote = (SocketAddr, Result<(u16, Vec<u8>), String>);
+/// One worker's outcome in a vote: who (its node id, or its address when it was never
+/// reached) and its answer (status and body) or why it gave none.
+pub type Vote = (String, Result<(u16, Vec<u8>), String>);
 
 /// Answers needed out of `asked` for a strict majority: `asked / 2 + 1`.
 pub fn majority(asked: usize) -> usize {
@@ -34,9 +37,9 @@ pub struct Disagreement {
     pub need: usize,
     /// The distinct answers, most voted first: who gave it, and the answer shortened
     /// (status and the first bytes of the body).
-    pub answers: Vec<(Vec<SocketAddr>, String)>,
+    pub answers: Vec<(Vec<String>, String)>,
     /// Workers that gave no answer, with the reason.
-    pub failed: Vec<(SocketAddr, String)>,
+    pub failed: Vec<(String, String)>,
 }
 
 impl fmt::Display for Disagreement {
@@ -54,8 +57,7 @@ impl fmt::Display for Disagreement {
         };
         for (workers, answer) in &self.answers {
             sep(f)?;
-            let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
-            write!(f, "{} answered {answer}", names.join(", "))?;
+            write!(f, "{} answered {answer}", workers.join(", "))?;
         }
         for (worker, reason) in &self.failed {
             sep(f)?;
@@ -88,7 +90,7 @@ fn shorten(status: u16, body: &[u8]) -> String {
 pub fn tally(asked: usize, votes: &[Vote]) -> Result<usize, Disagreement> {
     let need = majority(asked);
     // Distinct answers, each with the index of its first vote and its voters.
-    let mut groups: Vec<(usize, Vec<SocketAddr>)> = Vec::new();
+    let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
     let mut failed = Vec::new();
     for (index, (worker, outcome)) in votes.iter().enumerate() {
         match outcome {
@@ -97,11 +99,11 @@ pub fn tally(asked: usize, votes: &[Vote]) -> Result<usize, Disagreement> {
                     .iter_mut()
                     .find(|(first, _)| votes[*first].1.as_ref().ok() == Some(answer));
                 match same {
-                    Some((_, voters)) => voters.push(*worker),
-                    None => groups.push((index, vec![*worker])),
+                    Some((_, voters)) => voters.push(worker.clone()),
+                    None => groups.push((index, vec![worker.clone()])),
                 }
             }
-            Err(reason) => failed.push((*worker, reason.clone())),
+            Err(reason) => failed.push((worker.clone(), reason.clone())),
         }
     }
     if let Some((index, _)) = groups.iter().find(|(_, voters)| voters.len() >= need) {
@@ -149,14 +151,35 @@ pub enum QuorumError {
     Disagreement(Disagreement),
 }
 
+impl QuorumError {
+    /// The short code: the call's own, `no_quorum` or `disagreement`
+    /// ([`super::error`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Call(e) => e.code(),
+            Self::TooFewWorkers { .. } => "no_quorum",
+            Self::Disagreement(_) => "disagreement",
+        }
+    }
+
+    /// The exit code: the call's own, or [`super::error::exit::NO_QUORUM`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Call(e) => e.exit_code(),
+            _ => super::error::exit::NO_QUORUM,
+        }
+    }
+}
+
 /// Sends `body` to `n` distinct workers of `key` at once (chosen at random among those
-/// announced) and returns the answer that a strict majority of `n` gave identically.
+/// found: public and behind NATs alike, counted by node id) and returns the answer that a
+/// strict majority of `n` gave identically.
 ///
 /// A worker that fails (unreachable, or no answer within the client's
-/// `attempt_timeout`) is replaced by another announced worker not asked yet, while there
-/// are any, so that a dead worker costs one attempt timeout rather than the quorum. At
-/// most every announced worker is asked once. Failures are listed in the
-/// [`Disagreement`] when no answer wins. `n` of 0 or 1 is a plain
+/// `attempt_timeout`), or that turns out to be a node already asked (one node found at
+/// two addresses), is replaced by another found worker not asked yet, while there are
+/// any, so that a dead worker costs one attempt rather than the quorum. Failures are
+/// listed in the [`Disagreement`] when no answer wins. `n` of 0 or 1 is a plain
 /// [`RpcClient::request`].
 pub async fn request_quorum(
     client: &RpcClient,
@@ -167,7 +190,7 @@ pub async fn request_quorum(
     if n <= 1 {
         return Ok(client.request(key, body).await?);
     }
-    let mut spares = client.workers(key).await?;
+    let mut spares = client.candidates(key).await?;
     if spares.len() < n {
         return Err(QuorumError::TooFewWorkers {
             key: key.to_string(),
@@ -176,27 +199,37 @@ pub async fn request_quorum(
         });
     }
     spares.shuffle(&mut rand::rng());
-    let mut round: Vec<SocketAddr> = spares.split_off(spares.len() - n);
+    let mut round = spares.split_off(spares.len() - n);
+    let mut voted: HashSet<NodeId> = HashSet::new();
     let mut votes: Vec<Vote> = Vec::new();
     let mut answers: Vec<Answer> = Vec::new();
+    let attempt = client.config().attempt_timeout;
     while !round.is_empty() {
-        let results = futures::future::join_all(round.iter().map(|&addr| async move {
-            let after = client.config().attempt_timeout;
-            let result = tokio::time::timeout(after, client.request_addr(addr, key, body))
-                .await
-                .unwrap_or(Err(CallError::Timeout { after }));
-            (addr, result)
+        let results = futures::future::join_all(round.iter().map(|c| async move {
+            (
+                c.to_string(),
+                client.request_candidate(c, key, body, attempt).await,
+            )
         }))
         .await;
         round = Vec::new();
-        for (addr, result) in results {
+        for (name, result) in results {
             match result {
+                Ok(answer) if !voted.insert(answer.node) => {
+                    // The same node a second time: its vote counts once.
+                    if let Some(spare) = spares.pop() {
+                        round.push(spare);
+                    }
+                }
                 Ok(answer) => {
-                    votes.push((addr, Ok((answer.status, answer.body.clone()))));
+                    votes.push((
+                        answer.node.to_string(),
+                        Ok((answer.status, answer.body.clone())),
+                    ));
                     answers.push(answer);
                 }
                 Err(e) => {
-                    votes.push((addr, Err(e.to_string())));
+                    votes.push((name, Err(e.to_string())));
                     if let Some(spare) = spares.pop() {
                         round.push(spare);
                     }
@@ -223,8 +256,8 @@ pub async fn request_quorum(
 mod tests {
     use super::*;
 
-    fn w(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn w(port: u16) -> String {
+        format!("127.0.0.1:{port}")
     }
 
     fn ok(port: u16, body: &str) -> Vote {

@@ -1,19 +1,27 @@
-//! The client's connect through a broker: introduction, punching or the birthday
-//! method, and the relay as the fallback.
+//! Reaching one worker: directly at an address, or through a broker by hole punching,
+//! the birthday method, or the broker's relay (docs/protocol.md §5). Every way ends in
+//! a QUIC handshake that proves the worker's node key ([`crate::transport::tls`]): a
+//! broker or host on the path can carry the connection but never answer in the
+//! worker's place.
 
-use crate::defaults::DEFAULT_PUNCH_DEADLINE;
-use crate::protocol::broker::{decode, encode_punch, BrokerMessage, Datagram, Nonce};
-use crate::transport::nat_socket::{circuit_addr, Diverted, NatSocket};
-use crate::transport::tls::ANY_NODE;
-use crate::traversal::*;
-use quinn::{Connection, Endpoint};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+
+use quinn::{Connection, Endpoint};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::protocol::broker::{encode_punch, padded, BrokerMessage, Nonce, RefusalCode};
+use crate::protocol::identity::NodeId;
+use crate::transport::nat_socket::{circuit_addr, NatSocket};
+use crate::transport::tls::{peer_node_id, server_name};
+use crate::traversal::{
+    birthday_match, birthday_probes, birthday_sockets, local_addrs, mapping_check, millis_u32,
+    BrokerError, Mux, BIRTHDAY_PROBE_DELAY,
+};
 
 /// How a connection reached the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,104 +46,180 @@ impl PathKind {
     }
 }
 
-/// Settings of a client's connect through a broker.
+/// A connection to a worker, and how it was made.
 #[derive(Debug, Clone)]
-pub struct ConnectConfig {
-    /// The broker's address (see [`broker_of`]).
-    pub broker: SocketAddr,
-    /// The service key wanted.
-    pub key: String,
-    /// Time to open a direct path before asking for the relay. Default 1.5 s.
-    pub punch_deadline: Duration,
-    /// Skip punching and go straight to the relay (tests, or a network known to block).
-    pub force_relay: bool,
-    /// Deadline of each broker exchange. Default 2 s.
-    pub broker_timeout: Duration,
-}
-
-impl ConnectConfig {
-    /// Defaults for `key` at `broker`.
-    pub fn new(broker: SocketAddr, key: impl Into<String>) -> Self {
-        Self {
-            broker,
-            key: key.into(),
-            punch_deadline: DEFAULT_PUNCH_DEADLINE,
-            force_relay: false,
-            broker_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-/// A connection to a worker made through a broker.
-#[derive(Debug)]
-pub struct Brokered {
+pub struct Reached {
     /// The QUIC connection.
     pub connection: Connection,
-    /// The worker's reflexive address (what `-v` shows as the worker).
+    /// The node its handshake proved.
+    pub node: NodeId,
+    /// The worker's address as shown to people (its own or reflexive address).
     pub worker: SocketAddr,
     /// The address quinn uses (a circuit address when relayed).
     pub remote: SocketAddr,
     /// How it got through.
     pub path: PathKind,
+    /// The broker that introduced it, if one did.
+    pub broker: Option<SocketAddr>,
     /// Set to the broker's words when it closes this connection's relay circuit.
-    pub closed_by_broker: watch::Receiver<Option<String>>,
-    /// The endpoint the connection runs on when it is not the caller's: the birthday
-    /// method's winning socket. Requests must go through this endpoint's connection.
+    pub closed_by_broker: Option<watch::Receiver<Option<String>>>,
+    /// The endpoint the connection runs on when it is not the client's own: the birthday
+    /// method's winning socket (kept alive with the connection).
     pub endpoint: Option<Endpoint>,
 }
 
-/// Asks the broker at `config.broker` for a worker of `config.key` and connects to it
-/// from `endpoint` (which runs on `socket`): dials the worker's addresses at the
-/// synchronized start, echoes its punches and dials their source, and asks for the relay
-/// when nothing opened within `punch_deadline`. Consumes `rx`: a task keeps reading it
-/// for the connection's life (punch echoes, relay notices).
-///
-/// Errors: [`BrokerError::Refused`] (with [`RefusalCode::NoWorker`] when nobody serves
-/// the key), [`BrokerError::Silent`], [`BrokerError::NoPath`].
-pub async fn connect_via_broker(
+/// Why a worker could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReachError {
+    /// The handshake failed or timed out (a dead address, or a host that is not the
+    /// expected node: the message says which).
+    #[error("{addr}: {reason}")]
+    Handshake {
+        /// Where it was dialed.
+        addr: SocketAddr,
+        /// Why (quinn's and the TLS check's words).
+        reason: String,
+    },
+    /// The broker failed or refused.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The broker introduced a different node from the one asked for.
+    #[error("the broker at {broker} introduced node {got} instead of {want}")]
+    WrongNode {
+        /// The broker.
+        broker: SocketAddr,
+        /// Whom it introduced.
+        got: NodeId,
+        /// Whom the client asked for.
+        want: NodeId,
+    },
+}
+
+/// Dials `addr` and checks that the handshake proves `node` (any node when `None`).
+pub async fn dial(
     endpoint: &Endpoint,
-    socket: Arc<NatSocket>,
-    rx: mpsc::Receiver<Diverted>,
-    config: &ConnectConfig,
-) -> Result<Brokered, BrokerError> {
-    let broker = config.broker;
-    socket.trust_broker(broker);
-    let mut inbox = Inbox {
-        socket: socket.clone(),
-        rx,
-        stash: VecDeque::new(),
+    addr: SocketAddr,
+    node: Option<&NodeId>,
+    timeout: Duration,
+) -> Result<(Connection, NodeId), ReachError> {
+    let failed = |reason: String| ReachError::Handshake { addr, reason };
+    let connecting = endpoint
+        .connect(addr, &server_name(node))
+        .map_err(|e| failed(e.to_string()))?;
+    let connection = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Err(_) => {
+            return Err(failed(format!(
+                "no handshake within {} ms",
+                timeout.as_millis()
+            )))
+        }
     };
-    let (rtt, reflexive, alt) = inbox.mapping_check(broker, config.broker_timeout).await?;
-    let symmetric = matches!(alt, Some(a) if a != reflexive);
-    debug!(%reflexive, ?alt, symmetric, "mapping checked");
-    let local = local_addrs(socket.local()?, broker);
+    let proved =
+        peer_node_id(&connection).ok_or_else(|| failed("the peer proved no node key".into()))?;
+    if let Some(want) = node {
+        if *want != proved {
+            connection.close(0u32.into(), b"wrong node");
+            return Err(failed(format!(
+                "the peer proved node id {proved}, not the expected {want}"
+            )));
+        }
+    }
+    Ok((connection, proved))
+}
+
+/// Settings of a connect through a broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConnect {
+    /// The broker's UDP address.
+    pub broker: SocketAddr,
+    /// The service key.
+    pub key: String,
+    /// The worker wanted (from a `List`, a record in the DHT, or the cache); `None`: any
+    /// worker the broker picks, whose signed record then comes with the introduction.
+    pub node: Option<NodeId>,
+    /// Time to open a direct path before asking for the relay.
+    pub punch_deadline: Duration,
+    /// Skip punching and go straight to the relay (tests, or a network known to block).
+    pub force_relay: bool,
+    /// Deadline of each broker exchange.
+    pub broker_timeout: Duration,
+    /// Wall-clock time now, ms since the Unix epoch (to check an introduced record).
+    pub unix_ms: u64,
+}
+
+/// Asks the broker for an introduction to the worker and connects to it from
+/// `endpoint` (which runs on `mux`'s socket): dials the worker's addresses at the
+/// synchronized start, dials the source of each punch carrying the nonce, runs the
+/// birthday method when exactly one side is symmetric, and asks for the relay when
+/// nothing opened within the punch deadline. Every dial names the node, so only that
+/// node can answer.
+///
+/// Errors: [`ReachError::Broker`] (with [`RefusalCode::NoWorker`] when the broker holds
+/// no such worker), [`ReachError::WrongNode`], [`ReachError::Handshake`].
+pub async fn through_broker(
+    mux: &Mux,
+    endpoint: &Endpoint,
+    config: &BrokerConnect,
+) -> Result<Reached, ReachError> {
+    let broker = config.broker;
+    let socket = mux.socket().clone();
+    socket.trust_broker(broker);
+    let check = mapping_check(mux, broker, config.broker_timeout).await?;
+    let symmetric = check.symmetric();
+    debug!(reflexive = %check.reflexive, symmetric, "mapping checked");
+    let local = local_addrs(socket.local().map_err(BrokerError::Io)?, broker);
     let tx: u64 = rand::random();
-    let connect = BrokerMessage::Connect {
+    let connect = padded(BrokerMessage::Connect {
         tx,
         key: config.key.clone(),
+        node: config.node.map(|n| *n.as_bytes()),
         local,
-        rtt_ms: millis_u32(rtt).max(1),
+        rtt_ms: millis_u32(check.rtt).max(1),
         symmetric,
+        pad: Vec::new(),
+    });
+    let (answer, _) = mux.ask(broker, &connect, tx, config.broker_timeout).await?;
+    let BrokerMessage::Introduce {
+        peer_reflexive,
+        peer_local,
+        nonce,
+        delay_ms,
+        peer_symmetric,
+        record: introduced,
+        ..
+    } = answer
+    else {
+        return Err(match answer {
+            BrokerMessage::Refused { code, message, .. } => {
+                BrokerError::Refused { code, message }.into()
+            }
+            other => BrokerError::NoPath(format!("unexpected answer {other:?}")).into(),
+        });
     };
-    let (answer, _) = inbox
-        .ask(broker, &connect, tx, config.broker_timeout)
-        .await?;
-    let (peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric) = match answer {
-        BrokerMessage::Introduce {
-            peer_reflexive,
-            peer_local,
-            nonce,
-            delay_ms,
-            peer_symmetric,
-            ..
-        } => (peer_reflexive, peer_local, nonce, delay_ms, peer_symmetric),
-        BrokerMessage::Refused { code, message, .. } => {
-            return Err(BrokerError::Refused { code, message })
+    // Who the worker must prove to be: the one asked for, else the one the broker's
+    // introduction names, with a signed record the broker cannot have made up.
+    let node = match (config.node, introduced) {
+        (Some(want), Some(wire)) if wire.k != *want.as_bytes() => {
+            let got = NodeId::from_bytes(wire.k).map_err(|e| BrokerError::NoPath(e.to_string()))?;
+            return Err(ReachError::WrongNode { broker, got, want });
         }
-        other => return Err(BrokerError::NoPath(format!("unexpected answer {other:?}"))),
+        (Some(want), _) => want,
+        (None, Some(wire)) => {
+            wire.verify(&config.key, None, config.unix_ms)
+                .map_err(|e| BrokerError::NoPath(format!("the introduced worker's record: {e}")))?
+                .node
+        }
+        (None, None) => {
+            return Err(BrokerError::NoPath(
+                "the broker introduced a worker without its record".into(),
+            )
+            .into())
+        }
     };
-    debug!(worker = %peer_reflexive, ?peer_local, delay_ms, "introduced");
-    let (closed_tx, closed_rx) = watch::channel(None);
+    debug!(worker = %peer_reflexive, %node, ?peer_local, delay_ms, "introduced");
     let mut found = None;
     let mut own_endpoint = None;
     // Two endpoint-dependent mappings cannot be matched by punching: relay at once.
@@ -146,9 +230,9 @@ pub async fn connect_via_broker(
     if !config.force_relay && !hopeless {
         tokio::time::sleep(Duration::from_millis(delay_ms.into())).await;
         if symmetric && !peer_symmetric {
-            let ip = socket.local()?.ip();
+            let ip = socket.local().map_err(BrokerError::Io)?.ip();
             if let Some((connection, remote, endpoint)) =
-                client_birthday(ip, peer_reflexive, nonce, config.punch_deadline).await
+                client_birthday(ip, peer_reflexive, nonce, &node, config.punch_deadline).await
             {
                 found = Some((connection, remote));
                 own_endpoint = Some(endpoint);
@@ -162,75 +246,57 @@ pub async fn connect_via_broker(
                 });
             }
             found = punch_and_dial(
+                mux,
                 endpoint,
-                &mut inbox,
                 peer_reflexive,
                 &peer_local,
                 nonce,
+                &node,
                 config.punch_deadline,
             )
             .await;
         }
     }
-    let (connection, remote, path) = match found {
+    let (connection, remote, path, closed) = match found {
         Some((connection, remote)) => {
             let path = if peer_local.contains(&remote) {
                 PathKind::Direct
             } else {
                 PathKind::Punched
             };
-            (connection, remote, path)
+            (connection, remote, path, None)
         }
         None => {
             let tx: u64 = rand::random();
             let request = BrokerMessage::RelayRequest { tx, nonce };
-            let (answer, _) = inbox
-                .ask(broker, &request, tx, config.broker_timeout)
-                .await?;
+            let (answer, _) = mux.ask(broker, &request, tx, config.broker_timeout).await?;
             let circuit = match answer {
                 BrokerMessage::RelayGranted { circuit, .. } => circuit,
                 BrokerMessage::Refused { code, message, .. } => {
-                    return Err(BrokerError::Refused { code, message })
+                    return Err(BrokerError::Refused { code, message }.into())
                 }
-                other => return Err(BrokerError::NoPath(format!("unexpected answer {other:?}"))),
+                other => {
+                    return Err(BrokerError::NoPath(format!("unexpected answer {other:?}")).into())
+                }
             };
+            let closed = mux.watch_circuit(circuit);
             socket.add_circuit(circuit, broker);
             let remote = circuit_addr(circuit);
             let timeout = config.punch_deadline.max(Duration::from_secs(2));
-            let connection = dial_relay(endpoint, &mut inbox, broker, remote, timeout).await?;
-            (connection, remote, PathKind::Relayed)
+            let connection = dial_relay(endpoint, remote, &node, timeout, closed.clone()).await?;
+            (connection, remote, PathKind::Relayed, Some(closed))
         }
     };
-    tokio::spawn(client_listener(
-        inbox,
-        broker,
-        nonce,
-        closed_tx,
-        connection.clone(),
-    ));
-    Ok(Brokered {
+    Ok(Reached {
         connection,
+        node,
         worker: peer_reflexive,
         remote,
         path,
-        closed_by_broker: closed_rx,
+        broker: Some(broker),
+        closed_by_broker: closed,
         endpoint: own_endpoint,
     })
-}
-
-async fn dial(
-    endpoint: &Endpoint,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<Connection, String> {
-    let connecting = endpoint
-        .connect(addr, ANY_NODE)
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
-    }
 }
 
 /// The symmetric client's birthday method: punches toward the worker from many sockets,
@@ -239,6 +305,7 @@ async fn client_birthday(
     ip: IpAddr,
     worker: SocketAddr,
     nonce: Nonce,
+    node: &NodeId,
     deadline: Duration,
 ) -> Option<(Connection, SocketAddr, Endpoint)> {
     let until = tokio::time::Instant::now() + deadline;
@@ -254,65 +321,62 @@ async fn client_birthday(
     .ok()?;
     debug!(%from, "birthday match: dialing from its socket");
     let left = until.saturating_duration_since(tokio::time::Instant::now());
-    let connection = dial(&endpoint, from, left.max(Duration::from_millis(500)))
-        .await
-        .ok()?;
+    let (connection, _) = dial(
+        &endpoint,
+        from,
+        Some(node),
+        left.max(Duration::from_millis(500)),
+    )
+    .await
+    .ok()?;
     Some((connection, from, endpoint))
 }
 
-/// Dials a relay circuit, watching for the broker closing it during the handshake.
+/// Dials a relay circuit, giving up when the broker closes it during the handshake.
 async fn dial_relay(
     endpoint: &Endpoint,
-    inbox: &mut Inbox,
-    broker: SocketAddr,
     remote: SocketAddr,
+    node: &NodeId,
     timeout: Duration,
-) -> Result<Connection, BrokerError> {
-    let handshake = dial(endpoint, remote, timeout);
-    tokio::pin!(handshake);
-    loop {
-        tokio::select! {
-            result = &mut handshake => {
-                return result.map_err(|e| BrokerError::NoPath(format!("through the relay: {e}")));
-            }
-            d = inbox.next() => {
-                let Some((from, bytes)) = d else {
-                    return Err(BrokerError::NoPath("socket closed".into()));
-                };
-                if from != broker {
-                    continue;
-                }
-                if let Ok(Datagram::Broker(BrokerMessage::Refused { circuit: Some(_), code, message, .. })) = decode(&bytes) {
-                    return Err(BrokerError::Refused { code, message });
-                }
-            }
+    mut closed: watch::Receiver<Option<String>>,
+) -> Result<Connection, ReachError> {
+    tokio::select! {
+        result = dial(endpoint, remote, Some(node), timeout) => {
+            result.map(|(c, _)| c).map_err(|e| BrokerError::NoPath(format!("through the relay: {e}")).into())
+        }
+        message = closed.wait_for(Option::is_some) => {
+            let message = message.ok().and_then(|m| m.clone()).unwrap_or_default();
+            Err(BrokerError::Refused { code: RefusalCode::RelayFull, message }.into())
         }
     }
 }
 
-/// Dials every candidate at once and again toward the source of each valid punch
-/// (echoing it); the first handshake to finish wins.
+/// Dials every candidate address at once and again toward the source of each punch
+/// with the nonce (the mux echoes it); the first handshake to finish wins.
 async fn punch_and_dial(
+    mux: &Mux,
     endpoint: &Endpoint,
-    inbox: &mut Inbox,
     reflexive: SocketAddr,
     local: &[SocketAddr],
     nonce: Nonce,
+    node: &NodeId,
     deadline: Duration,
 ) -> Option<(Connection, SocketAddr)> {
     let until = tokio::time::Instant::now() + deadline;
+    let mut watch = mux.watch_punches(nonce);
     // A raw punch leaves at once, well before the QUIC Initial is built: the sooner our
     // NAT has the mapping, the less a router that accepts WAN input can be poisoned by
     // the worker's punches (docs/protocol.md §5.4).
     let punch = encode_punch(&nonce, false);
     for addr in std::iter::once(reflexive).chain(local.iter().copied()) {
-        let _ = inbox.socket.send_raw(&punch, addr).await;
+        let _ = mux.socket().send_raw(&punch, addr).await;
     }
     let mut dials = JoinSet::new();
     let mut dialed: HashSet<SocketAddr> = HashSet::new();
     let spawn_dial = |dials: &mut JoinSet<_>, addr: SocketAddr| {
         let endpoint = endpoint.clone();
-        dials.spawn(async move { (addr, dial(&endpoint, addr, deadline).await) });
+        let node = *node;
+        dials.spawn(async move { (addr, dial(&endpoint, addr, Some(&node), deadline).await) });
     };
     for addr in std::iter::once(reflexive).chain(local.iter().copied()) {
         if !addr.ip().is_unspecified() && dialed.insert(addr) {
@@ -325,66 +389,18 @@ async fn punch_and_dial(
             Some(done) = dials.join_next(), if !dials.is_empty() => {
                 if let Ok((addr, result)) = done {
                     match result {
-                        Ok(connection) => return Some((connection, addr)),
+                        Ok((connection, _)) => return Some((connection, addr)),
                         Err(e) => debug!(%addr, %e, "dial failed"),
                     }
                 }
             }
-            d = inbox.next() => {
-                let (from, bytes) = d?;
-                let decoded = decode(&bytes);
-                if let Ok(Datagram::Punch(n) | Datagram::PunchEcho(n)) = decoded {
-                    if n == nonce {
-                        if matches!(decoded, Ok(Datagram::Punch(_))) {
-                            let _ = inbox.socket.send_raw(&encode_punch(&nonce, true), from).await;
-                        }
-                        if dialed.insert(from) {
-                            debug!(%from, "punch arrived: dialing its source");
-                            spawn_dial(&mut dials, from);
-                        }
-                    } else {
-                        debug!(%from, "punch with a foreign nonce ignored");
-                    }
+            event = watch.events.recv() => {
+                let (from, _echo) = event?;
+                if dialed.insert(from) {
+                    debug!(%from, "punch arrived: dialing its source");
+                    spawn_dial(&mut dials, from);
                 }
             }
-        }
-    }
-}
-
-/// Keeps reading the client's diverted datagrams while its connection lives: echoes
-/// late punches, and reports the broker closing the relay circuit.
-async fn client_listener(
-    mut inbox: Inbox,
-    broker: SocketAddr,
-    nonce: Nonce,
-    closed: watch::Sender<Option<String>>,
-    connection: Connection,
-) {
-    loop {
-        let d = tokio::select! {
-            _ = connection.closed() => break,
-            d = inbox.next() => d,
-        };
-        let Some((from, bytes)) = d else { break };
-        match decode(&bytes) {
-            Ok(Datagram::Punch(n)) if n == nonce => {
-                let _ = inbox
-                    .socket
-                    .send_raw(&encode_punch(&nonce, true), from)
-                    .await;
-            }
-            Ok(Datagram::Broker(BrokerMessage::Refused {
-                circuit: Some(circuit),
-                message,
-                ..
-            })) if from == broker => {
-                warn!(%message, "relay circuit closed by the broker");
-                inbox.socket.remove_circuit(circuit);
-                let _ = closed.send(Some(message.clone()));
-                connection.close(0u32.into(), message.as_bytes());
-                break;
-            }
-            _ => {}
         }
     }
 }

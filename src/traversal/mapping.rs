@@ -1,7 +1,13 @@
-//! The mapping check (RFC 4787 §4.1) behind `nano-connect netcheck`, and a plain STUN
-//! query.
+//! The mapping check (RFC 4787 §4.1): what a NAT in front of a socket does to its
+//! traffic, found by asking one broker at two ports. Behind `nano-connect netcheck`, and
+//! behind a worker's choice between announcing itself and registering with brokers.
 
-use super::*;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::{local_addrs, reader, BrokerError, Mux};
+use crate::protocol::broker::BrokerMessage;
+use crate::transport::nat_socket::NatSocket;
 
 /// The NAT mapping behaviour toward two destinations (RFC 4787 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +31,77 @@ impl Mapping {
     }
 }
 
-/// What a mapping check found.
+/// What one mapping check against a broker found.
+#[derive(Debug, Clone)]
+pub struct MappingCheck {
+    /// Round trip of the `Ping` that got the answer.
+    pub rtt: Duration,
+    /// The reflexive address the broker port saw (RFC 8489).
+    pub reflexive: SocketAddr,
+    /// The reflexive address the broker's alternate port saw, if it answered.
+    pub reflexive_alt: Option<SocketAddr>,
+}
+
+impl MappingCheck {
+    /// The mapping behaviour the two reflexive addresses show.
+    pub fn mapping(&self) -> Mapping {
+        match self.reflexive_alt {
+            Some(a) if a == self.reflexive => Mapping::EndpointIndependent,
+            Some(_) => Mapping::EndpointDependent,
+            None => Mapping::Unknown,
+        }
+    }
+
+    /// Whether the NAT maps endpoint-dependently ("symmetric").
+    pub fn symmetric(&self) -> bool {
+        self.mapping() == Mapping::EndpointDependent
+    }
+
+    /// Whether no NAT stands between `local` (the socket's bound address) and the
+    /// broker: the broker saw one of the host's own addresses and the socket's port.
+    pub fn public(&self, local: SocketAddr, broker: SocketAddr) -> bool {
+        let own: Vec<IpAddr> = local_addrs(local, broker)
+            .iter()
+            .map(SocketAddr::ip)
+            .collect();
+        own.contains(&self.reflexive.ip()) && self.reflexive.port() == local.port()
+    }
+}
+
+/// Pings `broker`, then sends a STUN Binding to the alternate port its `Pong` names (at
+/// the broker's IP), from `mux`'s socket, and returns both reflexive addresses.
+///
+/// Errors: [`BrokerError::Silent`] when the broker does not answer the ping within
+/// `timeout`; a silent alternate port is not an error (the mapping is then unknown).
+pub async fn mapping_check(
+    mux: &Mux,
+    broker: SocketAddr,
+    timeout: Duration,
+) -> Result<MappingCheck, BrokerError> {
+    let tx: u64 = rand::random();
+    let (pong, rtt) = mux
+        .ask(broker, &BrokerMessage::Ping { tx }, tx, timeout)
+        .await?;
+    let BrokerMessage::Pong { reflexive, alt, .. } = pong else {
+        return Err(BrokerError::NoPath(
+            "the broker did not answer the ping".into(),
+        ));
+    };
+    let reflexive_alt = match alt {
+        Some(alt) => mux
+            .stun(SocketAddr::new(broker.ip(), alt.port()), timeout)
+            .await
+            .ok(),
+        None => None,
+    };
+    Ok(MappingCheck {
+        rtt,
+        reflexive,
+        reflexive_alt,
+    })
+}
+
+/// What `netcheck` found.
 #[derive(Debug, Clone)]
 pub struct NetReport {
     /// The local address of the socket used.
@@ -42,9 +118,7 @@ pub struct NetReport {
     pub rtt: Duration,
 }
 
-/// Checks the mapping of a fresh socket on `bind` toward the broker's two ports: a
-/// `Ping` to the broker port, then a STUN Binding to its alternate port (told in the
-/// `Pong`, at the broker's IP), and compares the two reflexive addresses.
+/// Checks the mapping of a fresh socket on `bind` toward the broker's two ports.
 pub async fn netcheck(
     bind: SocketAddr,
     broker: SocketAddr,
@@ -53,29 +127,16 @@ pub async fn netcheck(
     let (socket, rx) = NatSocket::bind(bind)?;
     // quinn's endpoint is what reads the socket; it feeds the diverted channel.
     let _endpoint = reader(&socket)?;
-    let mut inbox = Inbox {
-        socket: socket.clone(),
-        rx,
-        stash: VecDeque::new(),
-    };
-    let (rtt, reflexive, reflexive_alt) = inbox.mapping_check(broker, timeout).await?;
-    let mapping = match reflexive_alt {
-        Some(a) if a == reflexive => Mapping::EndpointIndependent,
-        Some(_) => Mapping::EndpointDependent,
-        None => Mapping::Unknown,
-    };
+    let (mux, _unsolicited) = Mux::start(socket.clone(), rx);
+    let check = mapping_check(&mux, broker, timeout).await?;
     let local = socket.local()?;
-    let own: Vec<IpAddr> = local_addrs(local, broker)
-        .iter()
-        .map(SocketAddr::ip)
-        .collect();
     Ok(NetReport {
         local,
-        reflexive,
-        reflexive_alt,
-        mapping,
-        public: own.contains(&reflexive.ip()) && reflexive.port() == local.port(),
-        rtt,
+        reflexive: check.reflexive,
+        reflexive_alt: check.reflexive_alt,
+        mapping: check.mapping(),
+        public: check.public(local, broker),
+        rtt: check.rtt,
     })
 }
 
@@ -87,10 +148,6 @@ pub async fn stun_query(
 ) -> Result<SocketAddr, BrokerError> {
     let (socket, rx) = NatSocket::bind(bind)?;
     let _endpoint = reader(&socket)?;
-    let mut inbox = Inbox {
-        socket,
-        rx,
-        stash: VecDeque::new(),
-    };
-    inbox.stun(server, timeout).await
+    let (mux, _unsolicited) = Mux::start(socket, rx);
+    mux.stun(server, timeout).await
 }

@@ -1,29 +1,28 @@
 //! NAT traversal as both peers do it, on a [`NatSocket`]: what the worker's presence
-//! ([`crate::worker`]) and the client's route ([`crate::route`]) share. Broker discovery,
-//! request/answer exchanges with resends, the mapping check behind `netcheck`
-//! ([`mapping`]), and the birthday method's sockets and probes.
+//! ([`crate::worker`]) and the client's route ([`crate::route`]) share, below both.
+//!
+//! - [`mux`]: one reader of a socket's non-QUIC datagrams for every exchange at once.
+//! - [`mapping`]: the mapping check (RFC 4787 §4.1) behind `netcheck` and behind a
+//!   worker's choice between announcing itself and registering with brokers.
+//! - this file: where a grape's broker listens, the broker errors, the socket's own
+//!   addresses, and the birthday method's sockets and probes (docs/protocol.md §5.4).
 
 pub mod mapping;
+pub mod mux;
 
-pub use mapping::{netcheck, stun_query, Mapping, NetReport};
+pub use mapping::{mapping_check, netcheck, stun_query, Mapping, MappingCheck, NetReport};
+pub use mux::{Mux, PunchWatch};
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use quinn::Endpoint;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::defaults::DEFAULT_BROKER_RETRY;
-use crate::protocol::broker::{
-    decode, encode_broker, encode_punch, BrokerMessage, Datagram, Nonce, RefusalCode,
-};
+use crate::protocol::broker::{decode, encode_punch, Datagram, Nonce, RefusalCode};
 use crate::protocol::punch::{birthday_ports, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS};
-use crate::protocol::stun;
-use crate::transport::nat_socket::{Diverted, NatSocket};
+use crate::transport::nat_socket::NatSocket;
 
 /// The UDP port of a grape's broker, by convention, from the grape's DHT port: DHT port
 /// + 10000, or − 10000 when that would pass 65535 (docs/protocol.md §5.1).
@@ -102,129 +101,6 @@ pub fn local_addrs(local: SocketAddr, toward: SocketAddr) -> Vec<SocketAddr> {
     }
 }
 
-/// A NAT socket's diverted datagrams with a stash for those read while waiting for
-/// something else.
-pub(crate) struct Inbox {
-    pub(crate) socket: Arc<NatSocket>,
-    pub(crate) rx: mpsc::Receiver<Diverted>,
-    pub(crate) stash: VecDeque<Diverted>,
-}
-
-impl Inbox {
-    /// Sends `message` to `broker` and waits for the answer with the same `tx`,
-    /// resending every 250 ms, until `timeout`. Returns the answer and the RTT of the
-    /// exchange that got it.
-    pub(crate) async fn ask(
-        &mut self,
-        broker: SocketAddr,
-        message: &BrokerMessage,
-        tx: u64,
-        timeout: Duration,
-    ) -> Result<(BrokerMessage, Duration), BrokerError> {
-        let bytes = encode_broker(message);
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut sent_at = Instant::now();
-        self.socket.send_raw(&bytes, broker).await?;
-        loop {
-            let resend = (sent_at + DEFAULT_BROKER_RETRY).min(deadline);
-            match tokio::time::timeout_at(resend.into(), self.rx.recv()).await {
-                Ok(Some((from, datagram))) => {
-                    if from == broker {
-                        if let Ok(Datagram::Broker(answer)) = decode(&datagram) {
-                            if answer_tx(&answer) == Some(tx) {
-                                return Ok((answer, sent_at.elapsed()));
-                            }
-                        }
-                    }
-                    self.stash.push_back((from, datagram));
-                }
-                Ok(None) => return Err(BrokerError::NoPath("socket closed".into())),
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(BrokerError::Silent {
-                        broker,
-                        after: timeout,
-                    })
-                }
-                Err(_) => {
-                    sent_at = Instant::now();
-                    self.socket.send_raw(&bytes, broker).await?;
-                }
-            }
-        }
-    }
-
-    pub(crate) async fn next(&mut self) -> Option<Diverted> {
-        match self.stash.pop_front() {
-            Some(d) => Some(d),
-            None => self.rx.recv().await,
-        }
-    }
-
-    /// A STUN Binding exchange with `server`: our reflexive address as it saw us.
-    pub(crate) async fn stun(
-        &mut self,
-        server: SocketAddr,
-        timeout: Duration,
-    ) -> Result<SocketAddr, BrokerError> {
-        let (tx, request) =
-            stun::binding_request().map_err(|e| BrokerError::NoPath(e.to_string()))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.socket.send_raw(&request, server).await?;
-            let resend = (Instant::now() + DEFAULT_BROKER_RETRY).min(deadline);
-            loop {
-                match tokio::time::timeout_at(resend.into(), self.rx.recv()).await {
-                    Ok(Some((from, datagram))) => {
-                        if from == server {
-                            if let Ok(addr) = stun::parse_binding_response(&datagram, &tx) {
-                                return Ok(addr);
-                            }
-                        }
-                        self.stash.push_back((from, datagram));
-                    }
-                    Ok(None) => return Err(BrokerError::NoPath("socket closed".into())),
-                    Err(_) => break,
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(BrokerError::Silent {
-                    broker: server,
-                    after: timeout,
-                });
-            }
-        }
-    }
-}
-
-impl Inbox {
-    /// Ping the broker, then STUN its alternate port: the RTT, the reflexive address,
-    /// and whether the mapping differs per destination (endpoint-dependent).
-    pub(crate) async fn mapping_check(
-        &mut self,
-        broker: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(Duration, SocketAddr, Option<SocketAddr>), BrokerError> {
-        let tx: u64 = rand::random();
-        let (pong, rtt) = self
-            .ask(broker, &BrokerMessage::Ping { tx }, tx, timeout)
-            .await?;
-        let BrokerMessage::Pong { reflexive, alt, .. } = pong else {
-            return Err(BrokerError::NoPath(
-                "the broker did not answer the ping".into(),
-            ));
-        };
-        let reflexive_alt = match alt {
-            Some(alt) => self
-                .stun(SocketAddr::new(broker.ip(), alt.port()), timeout)
-                .await
-                .ok(),
-            None => None,
-        };
-        Ok((rtt, reflexive, reflexive_alt))
-    }
-}
-
 /// Opens the birthday method's sockets on `ip` and sends one punch from each to
 /// `target` (docs/protocol.md §5.4); each opens its own NAT mapping toward it.
 pub(crate) async fn birthday_sockets(
@@ -295,23 +171,14 @@ pub(crate) async fn birthday_probes(socket: Arc<NatSocket>, ip: IpAddr, nonce: N
 /// mappings exist when the probes reach its NAT.
 pub(crate) const BIRTHDAY_PROBE_DELAY: Duration = Duration::from_millis(30);
 
-pub(crate) fn answer_tx(message: &BrokerMessage) -> Option<u64> {
-    match message {
-        BrokerMessage::Pong { tx, .. }
-        | BrokerMessage::Registered { tx, .. }
-        | BrokerMessage::Introduce { tx, .. }
-        | BrokerMessage::RelayGranted { tx, .. }
-        | BrokerMessage::Refused { tx, .. } => Some(*tx),
-        _ => None,
-    }
-}
-
+/// A duration in whole milliseconds, saturated to `u32`.
 pub(crate) fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
-/// A client endpoint on `socket`, whose only job is to read it.
-pub(crate) fn reader(socket: &Arc<NatSocket>) -> Result<Endpoint, BrokerError> {
+/// A client endpoint on `socket` whose only job is to read it (feeding its diverted
+/// datagrams to a [`Mux`]), for tools that speak to brokers without QUIC.
+pub(crate) fn reader(socket: &Arc<NatSocket>) -> Result<quinn::Endpoint, BrokerError> {
     let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
     crate::transport::client_endpoint(abstract_socket, &crate::transport::QuicConfig::default())
         .map_err(|e| BrokerError::NoPath(e.to_string()))

@@ -1,27 +1,27 @@
-//! A worker announces only while its node answers.
+//! A worker is present in the mesh only while its node answers.
 //!
 //! A worker whose Nano node is down still accepts connections and answers every request
 //! with `upstream_unreachable`: callers fail over, but each pays for the attempt. So the
-//! worker probes its node ([`NanoRelay::probe`], `{"action":"version"}`) every interval
-//! and keeps its announcer running only while the node answers; the grapes forget an
-//! announce after their window, and callers stop finding the worker. When the node
-//! answers again, the worker announces again at once.
+//! worker probes its node (for the Nano relay `{"action":"version"}`) every interval, and
+//! its presence ([`super::presence`]) announces, registers and publishes its record only
+//! while the node answers; grapes and brokers forget it within their windows, and callers
+//! stop finding it. When the node answers again, the worker comes back at once.
 //!
 //! A probe is skipped when the node has answered a relayed request since the last one
 //! (the caller passes a count of node answers): a busy worker's node is not asked for
 //! `version` on top of its work.
 //!
-//! [`Health`] is the decision (pure): it stops announcing after
-//! [`Health::FAILURES_TO_STOP`] failed probes in a row, so that one lost probe does not
-//! withdraw a worker, and starts again after one good probe. [`run`] is the loop.
+//! [`Health`] is the decision (pure): it withdraws after [`Health::FAILURES_TO_STOP`]
+//! failed probes in a row, so that one lost probe does not withdraw a worker, and comes
+//! back after one good probe. [`monitor`] is the loop, which publishes the decision.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use crate::discovery::link::Link;
-use crate::nano::NanoRelay;
 
 pub use crate::defaults::DEFAULT_HEALTH_INTERVAL;
 
@@ -83,88 +83,58 @@ impl Health {
     }
 }
 
-/// What a worker announces and how often.
-#[derive(Debug, Clone)]
-pub struct Announce {
-    /// The grape link.
-    pub link: Link,
-    /// The service key.
-    pub key: String,
-    /// The worker's UDP port.
-    pub port: u16,
-    /// Time between announces (±50 % jitter, see [`Link::spawn_announcer`]).
-    pub interval: Duration,
-}
+/// Asks the service's upstream whether it answers (the Nano relay: `version`).
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
-/// Runs the announcer of `announce` from the start, probes `relay`'s node every
-/// `probe_interval`, and stops the announcer while the node does not answer, until
-/// `cancel` fires. `first_probe_ok` is the result of a probe the caller already made at
-/// start-up: a worker whose node did not answer then is withdrawn after one more failed
-/// probe (it still announces meanwhile, so that callers get a clear
-/// `upstream_unreachable` rather than no worker at all while an operator starts things).
-/// `node_answers` counts the node's answers to relayed requests (for example
-/// [`WorkerMetrics::node_answers`](crate::metrics::WorkerMetrics::node_answers)); when it
-/// grew since the last interval, the node is taken as answering without a probe.
-pub async fn run(
-    relay: NanoRelay,
-    announce: Announce,
-    probe_interval: Duration,
-    first_probe_ok: bool,
-    node_answers: impl Fn() -> u64 + Send + 'static,
+/// Counts the upstream's answers to relayed requests (for example
+/// [`WorkerMetrics::node_answers`](crate::metrics::WorkerMetrics::node_answers)).
+pub type AnswerCount = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Probes with `probe` every `interval` until `cancel`, and publishes whether the worker
+/// should be present (`true` from the start: a worker is withdrawn only by failed
+/// probes). `first_ok` is a probe the caller made at start-up: a worker whose node did
+/// not answer then is withdrawn after one more failed probe (it is present meanwhile, so
+/// that callers get a clear `upstream_unreachable` rather than no worker at all while an
+/// operator starts things). When `answers` grew since the last interval, the node is
+/// taken as answering without a probe.
+pub fn monitor(
+    probe: Probe,
+    interval: Duration,
+    first_ok: bool,
+    answers: Option<AnswerCount>,
     cancel: CancellationToken,
-) {
-    let Announce {
-        link,
-        key,
-        port,
-        interval: announce_interval,
-    } = announce;
-    let start = || {
-        let stop = cancel.child_token();
-        let task = link.spawn_announcer(key.clone(), port, announce_interval, stop.clone(), |_| {});
-        (stop, task)
-    };
-    let mut health = Health::started();
-    let mut announcer = Some(start());
-    let mut answers_seen = node_answers();
-    let mut answering = first_probe_ok;
-    loop {
-        match health.on_probe(answering) {
-            Some(HealthAction::StartAnnouncing) => {
-                info!(%key, port, "node answers again: announcing");
-                announcer = Some(start());
-            }
-            Some(HealthAction::StopAnnouncing) => {
-                warn!(%key, port, "node does not answer: announcing stopped until it does");
-                if let Some((stop, task)) = announcer.take() {
-                    stop.cancel();
-                    let _ = task.await;
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(true);
+    tokio::spawn(async move {
+        let mut health = Health::started();
+        let mut seen = answers.as_ref().map_or(0, |a| a());
+        let mut answering = first_ok;
+        loop {
+            match health.on_probe(answering) {
+                Some(HealthAction::StartAnnouncing) => {
+                    info!("the node answers again: back in the mesh");
+                    let _ = tx.send(true);
                 }
-            }
-            None => {}
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(probe_interval) => {}
-        }
-        let answers = node_answers();
-        answering = if answers != answers_seen {
-            answers_seen = answers;
-            true
-        } else {
-            match relay.probe().await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::debug!(error = %e, "health probe failed");
-                    false
+                Some(HealthAction::StopAnnouncing) => {
+                    warn!("the node does not answer: withdrawn from the mesh until it does");
+                    let _ = tx.send(false);
                 }
+                None => {}
             }
-        };
-    }
-    if let Some((stop, task)) = announcer.take() {
-        stop.cancel();
-        let _ = task.await;
-    }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let now = answers.as_ref().map_or(seen, |a| a());
+            answering = if now != seen {
+                seen = now;
+                true
+            } else {
+                probe().await
+            };
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

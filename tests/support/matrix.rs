@@ -1,20 +1,29 @@
 //! The NAT matrix of issue 3 on the lab of [`natlab`](super::natlab): a worker side A ×
 //! a client side B, each of [`NatKind::ALL`], behind home or bare routers.
 //!
-//! [`MatrixRun::start`] builds one lab per router kind: two public grapes (grape 1 hosts
-//! the broker), the three A sides each with a worker announcing its own key
-//! (`lab_a_<kind>`) registered at grape 1's broker, and the three B sides. A cell
-//! ([`MatrixRun::call`]) runs `nano-connect call --broker GRAPE1:DP --service KEY -v`
-//! from side B and reads the path it reports on stderr. Grapes and workers are shared by
-//! the cells of a run; every call is a new process, so a new client socket and mapping.
+//! [`MatrixRun::start`] builds one lab per router kind: two public grapes (each hosts a
+//! broker), the three A sides each with a worker announcing its own key
+//! (`lab_a_<kind>`), and the three B sides. A cell ([`MatrixRun::call`]) runs
+//! `nano-connect call --service KEY -v` from side B and reads the path it reports on
+//! stderr. Grapes and workers are shared by the cells of a run; every call is a new
+//! process, so a new client socket and mapping.
 //!
-//! Command line used (the contract of the core's NAT traversal):
-//! `grape --dp 20001 --aph 30001 --bn HOST:PORT|none --bind IP --public-ip IP` (broker on
-//! UDP 20002), `worker --announce KEY --broker HOST:20001 (--nano-rpc URL | --service
-//! fibonacci) --bind IP`, which prints `listening` then `registered`, and
-//! `call --broker HOST:20001 --service KEY --timeout MS -v ...`, which prints the answer on
-//! stdout and `nano-connect: path=direct|punched|relayed worker=IP:PORT elapsed_ms=N.N`
-//! on stderr.
+//! Two ways to find the worker ([`Finding`]):
+//!
+//! - [`Finding::Broker`]: the worker is told grape 1's broker (`--broker`) and the call
+//!   asks that broker (`call --broker`);
+//! - [`Finding::Dht`]: nobody is told a broker. Worker and client each run their own DHT
+//!   node bootstrapped from the two public grapes (`--bootstrap G1,G2`); the worker finds
+//!   the brokers in the DHT, checks its NAT and registers (or announces itself when
+//!   public), and the client finds it by a DHT lookup alone.
+//!
+//! Command line used (the contract of the mesh): `grape --dp 20001 --aph 30001 --bn
+//! HOST:PORT|none --bind IP --public-ip IP` (broker on UDP 30001), `worker --announce
+//! KEY (--broker HOST:20001 | --bootstrap G1,G2) (--nano-rpc URL | --service fibonacci)
+//! --bind IP`, which prints `listening`, `presence` and (behind a NAT) `registered`, and
+//! `call (--broker HOST:20001 | --bootstrap G1,G2) --service KEY --timeout MS -v ...`,
+//! which prints the answer on stdout and `nano-connect: path=direct|punched|relayed
+//! worker=IP:PORT node=ID elapsed_ms=N.N` on stderr.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,25 @@ pub const GRAPE_APH: u16 = 30001;
 /// Milliseconds `call` is given (`--timeout`): enough for a punch schedule and the relay
 /// fallback after it.
 pub const CALL_TIMEOUT_MS: u64 = 15_000;
+
+/// How the client finds the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finding {
+    /// Both are told grape 1's broker.
+    Broker,
+    /// Both find everything through the DHT (own nodes bootstrapped from the grapes).
+    Dht,
+}
+
+impl Finding {
+    /// `broker` or `dht`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Finding::Broker => "broker",
+            Finding::Dht => "dht",
+        }
+    }
+}
 
 /// What the workers of a run serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +131,12 @@ pub struct MatrixRun {
     pub router: RouterKind,
     /// What the workers serve.
     pub service: Service,
+    /// How calls find the workers.
+    pub finding: Finding,
     /// `IP:PORT` of grape 1's DHT node, given to workers and calls as `--broker`.
     pub broker: String,
+    /// `G1:PORT,G2:PORT`, the grapes' DHT nodes, for `--bootstrap`.
+    pub bootstrap: String,
     workers: Vec<WorkerSide>,
     clients: Vec<Side>,
     _grapes: Vec<NsProcess>,
@@ -114,14 +146,15 @@ pub struct MatrixRun {
 
 impl MatrixRun {
     /// Builds the lab and starts grapes and workers; waits (20 s each) for every worker's
-    /// `registered` event.
-    pub fn start(router: RouterKind, service: Service) -> MatrixRun {
+    /// `presence` event (and, behind a NAT, `registered`).
+    pub fn start(router: RouterKind, service: Service, finding: Finding) -> MatrixRun {
         let lab = Lab::new();
         let g1 = lab.public_host("g1");
         let g2 = lab.public_host("g2");
         let grape1 = start_grape(&g1, "none");
         let grape2 = start_grape(&g2, &format!("{}:{GRAPE_DP}", g1.ip));
         let broker = format!("{}:{GRAPE_DP}", g1.ip);
+        let bootstrap = format!("{}:{GRAPE_DP},{}:{GRAPE_DP}", g1.ip, g2.ip);
 
         let mut workers = Vec::new();
         for (i, nat) in NatKind::ALL.into_iter().enumerate() {
@@ -135,22 +168,32 @@ impl MatrixRun {
                 Service::Fibonacci => (vec!["--service".into(), "fibonacci".into()], None),
             };
             let ip = side.host.ip.to_string();
-            let mut args = vec![
-                "worker",
-                "--announce",
-                &key,
-                "--broker",
-                &broker,
-                "--bind",
-                &ip,
-            ];
+            let mut args = vec!["worker", "--announce", &key, "--bind", &ip];
+            match finding {
+                Finding::Broker => args.extend(["--broker", &broker, "--bootstrap", &bootstrap]),
+                Finding::Dht => args.extend(["--bootstrap", &bootstrap]),
+            }
             args.extend(service_args.iter().map(String::as_str));
             let mut worker = side.host.spawn(&args);
-            let registered = worker.wait_event("registered", Duration::from_secs(20));
-            assert!(
-                registered["reflexive"].as_str().is_some(),
-                "registered event without reflexive address: {registered}"
+            let presence = worker.wait_event("presence", Duration::from_secs(20));
+            let expected = if nat == NatKind::None {
+                "public"
+            } else {
+                "brokered"
+            };
+            assert_eq!(
+                presence["mode"],
+                expected,
+                "{} side: {presence}",
+                nat.label()
             );
+            if nat != NatKind::None {
+                let registered = worker.wait_event("registered", Duration::from_secs(20));
+                assert!(
+                    registered["reflexive"].as_str().is_some(),
+                    "registered event without reflexive address: {registered}"
+                );
+            }
             workers.push(WorkerSide {
                 side,
                 key,
@@ -166,7 +209,9 @@ impl MatrixRun {
         MatrixRun {
             router,
             service,
+            finding,
             broker,
+            bootstrap,
             workers,
             clients,
             _grapes: vec![grape1, grape2],
@@ -191,16 +236,12 @@ impl MatrixRun {
         let worker = &self.workers[index(a)];
         let client = self.client_side(b);
         let timeout = CALL_TIMEOUT_MS.to_string();
-        let mut args = vec![
-            "call",
-            "--broker",
-            &self.broker,
-            "--service",
-            &worker.key,
-            "--timeout",
-            &timeout,
-            "-v",
-        ];
+        let mut args = vec!["call"];
+        match self.finding {
+            Finding::Broker => args.extend(["--broker", self.broker.as_str()]),
+            Finding::Dht => args.extend(["--bootstrap", self.bootstrap.as_str()]),
+        }
+        args.extend(["--service", &worker.key, "--timeout", &timeout, "-v"]);
         match self.service {
             Service::NanoStub => args.push("block_count"),
             Service::Fibonacci => args.extend(["--json", r#"{"length":10}"#]),

@@ -28,6 +28,7 @@ impl Process {
     /// Starts `nano-connect ARGS` and waits (at most 20 s) for its `listening` line.
     pub fn start(args: &[&str]) -> Process {
         let mut child = Command::new(binary())
+            .envs(super::scratch::env())
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -181,6 +182,7 @@ pub async fn run(args: &[&str], stdin: &str) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(binary())
         .args(args)
+        .envs(super::scratch::env())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

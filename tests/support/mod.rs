@@ -3,6 +3,7 @@
 //! - [`mesh`]: real `nano-connect` processes (grapes, workers) with OS-chosen ports.
 //! - [`natlab`]: a NAT lab of network namespaces and nftables routers (needs root).
 //! - [`matrix`]: the NAT matrix of issue 3 (grapes, workers, calls) on a [`natlab`] lab.
+//! - [`scratch`]: a key file and worker cache of its own for every process.
 //! - [`nano_stub`]: an in-process stand-in for a Nano node's HTTP RPC that answers from
 //!   recorded fixtures and records what reached it.
 //!
@@ -18,3 +19,5 @@ pub mod nano_stub;
 pub mod natlab;
 #[allow(dead_code)]
 pub mod npm;
+#[allow(dead_code)]
+pub mod scratch;

@@ -334,6 +334,7 @@ impl Host {
         let mut command = self.command(&binary());
         command
             .args(args)
+            .envs(super::scratch::env())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -431,6 +432,7 @@ impl NsProcess {
         let mut child = host
             .command(&binary())
             .args(args)
+            .envs(super::scratch::env())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
