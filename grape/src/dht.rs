@@ -371,6 +371,13 @@ impl GrapeDht {
         let mut hashes = self.schedule.lookup_infohashes(key, unix_time).to_vec();
         hashes.dedup(); // only near the epoch
         let mut peers: BTreeSet<SocketAddrV4> = self.local().peers(&hashes, unix_now());
+        // What this grape holds itself is the first batch: collect the DHT's for the
+        // settle period only.
+        let deadline = if peers.is_empty() {
+            deadline
+        } else {
+            deadline.min(self.lookup_settle)
+        };
         let streams = hashes
             .into_iter()
             .map(|h| self.dht.get_peers(Id::from(h)))
@@ -474,6 +481,11 @@ impl GrapeDht {
         let stream = self.dht.get_mutable(k, salt, None);
         let target = crate::bep44::mutable_target(k, salt);
         let mut best: Option<MutableItem> = self.local().item(&target, unix_now()).cloned();
+        let deadline = if best.is_none() {
+            deadline
+        } else {
+            deadline.min(self.lookup_settle)
+        };
         collect_settled(
             vec![stream],
             deadline,

@@ -290,7 +290,13 @@ pub async fn through_broker(
     Ok(Reached {
         connection,
         node,
-        worker: peer_reflexive,
+        // The address dialed when it was the worker's own (its LAN address), else the
+        // reflexive one its NAT opened (a relay circuit's address means nothing to people).
+        worker: if path == PathKind::Direct {
+            remote
+        } else {
+            peer_reflexive
+        },
         remote,
         path,
         broker: Some(broker),

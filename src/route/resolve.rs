@@ -167,6 +167,47 @@ pub async fn list(
     Ok(records)
 }
 
+/// How long a lookup of one index waits for the other once it has found something: an
+/// empty lookup ends only when every DHT node asked has answered or timed out (seconds
+/// when one is dead), and the other index's entries are enough to go on.
+const OTHER_INDEX_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs both lookups; once one has entries, waits [`OTHER_INDEX_GRACE`] more for the
+/// other (`None` when it did not end by then). The direct index may fail the whole
+/// lookup; the brokers' index may not.
+async fn first_then_settle<A, B, T>(
+    direct: A,
+    brokers: B,
+) -> (
+    Option<Result<Vec<T>, DiscoveryError>>,
+    Option<Result<Vec<T>, DiscoveryError>>,
+)
+where
+    A: std::future::Future<Output = Result<Vec<T>, DiscoveryError>>,
+    B: std::future::Future<Output = Result<Vec<T>, DiscoveryError>>,
+{
+    tokio::pin!(direct, brokers);
+    let found = |r: &Result<Vec<T>, DiscoveryError>| r.as_ref().is_ok_and(|v| !v.is_empty());
+    tokio::select! {
+        d = &mut direct => {
+            if found(&d) {
+                let b = tokio::time::timeout(OTHER_INDEX_GRACE, brokers).await.ok();
+                (Some(d), b)
+            } else {
+                (Some(d), Some(brokers.await))
+            }
+        }
+        b = &mut brokers => {
+            if found(&b) {
+                let d = tokio::time::timeout(OTHER_INDEX_GRACE, direct).await.ok();
+                (d, Some(b))
+            } else {
+                (Some(direct.await), Some(b))
+            }
+        }
+    }
+}
+
 /// Looks `key` up: public workers by address, and every broker's verified records.
 /// Records that do not verify are skipped (logged): a lying broker or grape loses only
 /// its own entries. `unix_ms` is the wall clock (record expiry).
@@ -182,12 +223,19 @@ pub async fn lookup(
         Discovery::Brokers(brokers) => (Vec::new(), brokers.clone()),
         Discovery::Directory(directory) => {
             let via = keys::via_broker(key);
-            let (direct, brokers) = tokio::join!(directory.lookup(key), directory.lookup(&via));
-            let brokers = brokers.unwrap_or_else(|e| {
-                debug!(error = %e, "lookup of brokers failed");
-                Vec::new()
+            let (direct, brokers) =
+                first_then_settle(directory.lookup(key), directory.lookup(&via)).await;
+            let brokers = brokers.map(|b| {
+                b.unwrap_or_else(|e| {
+                    debug!(error = %e, "lookup of brokers failed");
+                    Vec::new()
+                })
             });
-            (direct?, brokers)
+            let direct = match direct {
+                Some(direct) => direct?,
+                None => Vec::new(),
+            };
+            (direct, brokers.unwrap_or_default())
         }
     };
     let lists = futures::future::join_all(brokers.iter().map(|&broker| async move {

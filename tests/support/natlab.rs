@@ -532,16 +532,34 @@ pub struct Side {
     pub host: Host,
     /// The NAT router, `None` for [`NatKind::None`].
     pub router: Option<Router>,
+    /// A carrier-grade NAT in front of the router (RFC 6598), if any.
+    pub outer: Option<Router>,
     /// The NAT behaviour.
     pub nat: NatKind,
     /// The router's treatment of WAN input (meaningless for [`NatKind::None`]).
     pub router_kind: RouterKind,
+    /// The LAN number N (10.0.N.0/24) behind the router; 0 for a public host.
+    lan: u8,
+}
+
+/// A carrier-grade NAT (RFC 6598): a router with a public WAN address and a shared
+/// address space LAN (100.64.N.0/24) on which home routers sit ([`Lab::side_behind_cgn`]).
+#[derive(Debug, Clone)]
+pub struct Cgn {
+    /// Its router.
+    pub router: Router,
+    /// N of its LAN 100.64.N.0/24.
+    n: u8,
 }
 
 impl Side {
     /// The address the public network sees this side's traffic from.
     pub fn public_ip(&self) -> Ipv4Addr {
-        self.router.as_ref().map_or(self.host.ip, |r| r.wan_ip)
+        match (&self.outer, &self.router) {
+            (Some(outer), _) => outer.wan_ip,
+            (None, Some(r)) => r.wan_ip,
+            (None, None) => self.host.ip,
+        }
     }
 
     /// Packets the router's filters counted as coming in from the WAN unsolicited
@@ -630,6 +648,10 @@ struct LabState {
     bridge_ports: u32,
     public_hosts: u8,
     sides: u8,
+    /// Hosts added to each side's LAN so far, by LAN number (the first is .2).
+    lan_hosts: std::collections::HashMap<u16, u8>,
+    /// Ports made on each router's LAN bridge, by router namespace.
+    lan_ports: std::collections::HashMap<String, u32>,
 }
 
 impl Lab {
@@ -645,6 +667,8 @@ impl Lab {
                 bridge_ports: 0,
                 public_hosts: 0,
                 sides: 0,
+                lan_hosts: std::collections::HashMap::new(),
+                lan_ports: std::collections::HashMap::new(),
             }),
         };
         let switch = lab.namespace("sw");
@@ -712,15 +736,11 @@ impl Lab {
     }
 
     /// A side: for [`NatKind::None`] a public host at 203.0.113.(100+N); otherwise a
-    /// router `<role>r` with WAN 203.0.113.(100+N) and LAN 10.0.N.1/24, and a host
-    /// `<role>` at 10.0.N.2 behind it, where N counts the sides of this lab from 1.
+    /// router `<role>r` with WAN 203.0.113.(100+N) and a LAN bridge 10.0.N.1/24, and a
+    /// host `<role>` at 10.0.N.2 behind it, where N counts the sides of this lab from 1.
+    /// More hosts join the same LAN with [`Lab::host_behind`].
     pub fn side(&self, role: &str, nat: NatKind, router_kind: RouterKind) -> Side {
-        let n = {
-            let mut state = self.state();
-            state.sides += 1;
-            assert!(state.sides < 100, "too many sides in one lab");
-            state.sides
-        };
+        let n = self.next_side();
         let public_ip = Ipv4Addr::new(203, 0, 113, 100 + n);
         if nat == NatKind::None {
             let ns = self.namespace(role);
@@ -729,20 +749,40 @@ impl Lab {
             return Side {
                 host: Host { ns, ip: public_ip },
                 router: None,
+                outer: None,
                 nat,
                 router_kind,
+                lan: 0,
             };
         }
         let router_ns = self.namespace(&format!("{role}r"));
-        let host_ns = self.namespace(role);
         self.attach(&router_ns, "wan", public_ip);
         ip(&["-n", &router_ns, "route", "add", "default", "dev", "wan"]);
+        self.nat_router(role, router_ns, public_ip, n, nat, router_kind, None)
+    }
+
+    fn next_side(&self) -> u8 {
+        let mut state = self.state();
+        state.sides += 1;
+        assert!(state.sides < 100, "too many sides in one lab");
+        state.sides
+    }
+
+    /// Makes the LAN bridge 10.0.N.1/24 on `router_ns` (whose WAN is up), the nftables
+    /// NAT, and the first host behind it.
+    #[allow(clippy::too_many_arguments)]
+    fn nat_router(
+        &self,
+        role: &str,
+        router_ns: String,
+        wan_ip: Ipv4Addr,
+        n: u8,
+        nat: NatKind,
+        router_kind: RouterKind,
+        outer: Option<Router>,
+    ) -> Side {
         let lan_ip = Ipv4Addr::new(10, 0, n, 1);
-        let host_ip = Ipv4Addr::new(10, 0, n, 2);
-        ip(&[
-            "-n", &router_ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
-            "netns", &host_ns,
-        ]);
+        ip(&["-n", &router_ns, "link", "add", "lan", "type", "bridge"]);
         ip(&[
             "-n",
             &router_ns,
@@ -753,6 +793,54 @@ impl Lab {
             "lan",
         ]);
         ip(&["-n", &router_ns, "link", "set", "lan", "up"]);
+        enable_forwarding(&router_ns);
+        run_tool(
+            "ip",
+            &["netns", "exec", &router_ns, "nft", "-f", "-"],
+            Some(&router_ruleset(nat, router_kind)),
+        );
+        let router = Router {
+            ns: router_ns,
+            wan_ip,
+            lan_ip,
+        };
+        let mut side = Side {
+            host: Host {
+                ns: String::new(),
+                ip: lan_ip,
+            },
+            router: Some(router),
+            outer,
+            nat,
+            router_kind,
+            lan: n,
+        };
+        side.host = self.host_behind(&side, role);
+        side
+    }
+
+    /// Another host on `side`'s LAN (10.0.N.3, .4, ...), behind the same router: a
+    /// client and a worker in one home. Panics for a public side.
+    pub fn host_behind(&self, side: &Side, role: &str) -> Host {
+        let router = side.router.as_ref().expect("a side behind a router");
+        let (host_ip, port) = {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let count = state.lan_hosts.entry(u16::from(side.lan)).or_insert(0);
+            *count += 1;
+            let host_ip = Ipv4Addr::new(10, 0, side.lan, 1 + *count);
+            let ports = state.lan_ports.entry(router.ns.clone()).or_insert(0);
+            *ports += 1;
+            (host_ip, format!("h{ports}"))
+        };
+        let host_ns = self.namespace(role);
+        ip(&[
+            "-n", &router.ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", &host_ns,
+        ]);
+        ip(&[
+            "-n", &router.ns, "link", "set", &port, "master", "lan", "up",
+        ]);
         ip(&[
             "-n",
             &host_ns,
@@ -770,39 +858,144 @@ impl Lab {
             "add",
             "default",
             "via",
-            &lan_ip.to_string(),
+            &router.lan_ip.to_string(),
         ]);
-        run_tool(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &router_ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-            None,
-        );
-        run_tool(
-            "ip",
-            &["netns", "exec", &router_ns, "nft", "-f", "-"],
-            Some(&router_ruleset(nat, router_kind)),
-        );
-        Side {
-            host: Host {
-                ns: host_ns,
-                ip: host_ip,
-            },
-            router: Some(Router {
-                ns: router_ns,
-                wan_ip: public_ip,
-                lan_ip,
-            }),
-            nat,
-            router_kind,
+        Host {
+            ns: host_ns,
+            ip: host_ip,
         }
     }
+
+    /// A carrier-grade NAT `<role>` with WAN 203.0.113.(100+N) and the shared address
+    /// space LAN 100.64.N.1/24 (RFC 6598), mapping as `nat` does (it drops unsolicited
+    /// WAN traffic, as carrier equipment does).
+    pub fn cgn(&self, role: &str, nat: NatKind) -> Cgn {
+        assert!(nat != NatKind::None, "a carrier-grade NAT translates");
+        let n = self.next_side();
+        let wan_ip = Ipv4Addr::new(203, 0, 113, 100 + n);
+        let lan_ip = Ipv4Addr::new(100, 64, n, 1);
+        let ns = self.namespace(role);
+        self.attach(&ns, "wan", wan_ip);
+        ip(&["-n", &ns, "route", "add", "default", "dev", "wan"]);
+        ip(&["-n", &ns, "link", "add", "lan", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{lan_ip}/24"),
+            "dev",
+            "lan",
+        ]);
+        ip(&["-n", &ns, "link", "set", "lan", "up"]);
+        enable_forwarding(&ns);
+        run_tool(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "-"],
+            Some(&router_ruleset(nat, RouterKind::Home)),
+        );
+        Cgn {
+            router: Router { ns, wan_ip, lan_ip },
+            n,
+        }
+    }
+
+    /// A side behind a home router (`nat`, `router_kind`) whose WAN is on `cgn`'s LAN
+    /// (100.64.M.K), so that its traffic goes through two NATs.
+    pub fn side_behind_cgn(
+        &self,
+        cgn: &Cgn,
+        role: &str,
+        nat: NatKind,
+        router_kind: RouterKind,
+    ) -> Side {
+        assert!(
+            nat != NatKind::None,
+            "behind a carrier-grade NAT there is a home router"
+        );
+        let n = self.next_side();
+        let (wan_ip, port) = {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let count = state.lan_hosts.entry(1000 + u16::from(cgn.n)).or_insert(0);
+            *count += 1;
+            let ports = state.lan_ports.entry(cgn.router.ns.clone()).or_insert(0);
+            *ports += 1;
+            (
+                Ipv4Addr::new(100, 64, cgn.n, 1 + *count),
+                format!("h{ports}"),
+            )
+        };
+        let router_ns = self.namespace(&format!("{role}r"));
+        ip(&[
+            "-n",
+            &cgn.router.ns,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan",
+            "netns",
+            &router_ns,
+        ]);
+        ip(&[
+            "-n",
+            &cgn.router.ns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "lan",
+            "up",
+        ]);
+        ip(&[
+            "-n",
+            &router_ns,
+            "addr",
+            "add",
+            &format!("{wan_ip}/24"),
+            "dev",
+            "wan",
+        ]);
+        ip(&["-n", &router_ns, "link", "set", "wan", "up"]);
+        ip(&[
+            "-n",
+            &router_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &cgn.router.lan_ip.to_string(),
+        ]);
+        self.nat_router(
+            role,
+            router_ns,
+            wan_ip,
+            n,
+            nat,
+            router_kind,
+            Some(cgn.router.clone()),
+        )
+    }
+}
+
+/// Turns on IPv4 forwarding in namespace `ns` (a router).
+fn enable_forwarding(ns: &str) {
+    run_tool(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+        None,
+    );
 }
 
 impl Default for Lab {
