@@ -19,7 +19,7 @@
 //!
 //! [limits]
 //! max_request_bytes = 65536            # largest request frame
-//! max_concurrent_streams = 256         # requests in flight per QUIC connection
+//! max_concurrent_streams = 100         # requests in flight per QUIC connection
 //! rate_per_second = 20                 # per client IP; absent: no rate limit
 //! burst = 40                           # requests at once (default: 2 x rate)
 //!
@@ -300,6 +300,58 @@ mod tests {
         assert!(config.relay.policy.is_allowed("process"));
         assert_eq!(config.relay.policy.max_count(), 1000);
         assert!(config.rate_limit.is_some());
+    }
+
+    /// The example says each field's default in the comment above it ("Default N."):
+    /// those must be the defaults the code applies.
+    #[test]
+    fn the_example_file_states_the_real_defaults() {
+        use crate::defaults::{DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_REQUEST_BYTES};
+        use crate::nano::{DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_COUNT, DEFAULT_NODE_TIMEOUT};
+        let text = include_str!("../../examples/worker.toml");
+        let stated = |field: &str| -> u64 {
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| {
+                    l.trim_start_matches("# ")
+                        .starts_with(&format!("{field} ="))
+                })
+                .unwrap_or_else(|| panic!("{field} is not in the example"));
+            let comment = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with('#'))
+                .find_map(|l| l.split("Default ").nth(1))
+                .unwrap_or_else(|| panic!("no \"Default\" above {field}"));
+            comment
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{field}: no number in {comment:?}"))
+        };
+        assert_eq!(
+            stated("max_concurrent_streams"),
+            u64::from(DEFAULT_MAX_CONCURRENT_STREAMS)
+        );
+        assert_eq!(
+            stated("max_request_bytes"),
+            DEFAULT_MAX_REQUEST_BYTES as u64
+        );
+        assert_eq!(stated("max_count"), DEFAULT_MAX_COUNT);
+        assert_eq!(
+            stated("max_array_len"),
+            crate::nano::DEFAULT_MAX_ARRAY_LEN as u64
+        );
+        assert_eq!(
+            stated("timeout_ms"),
+            DEFAULT_NODE_TIMEOUT.as_millis() as u64
+        );
+        assert_eq!(stated("max_answer_bytes"), DEFAULT_MAX_ANSWER_BYTES as u64);
+        assert_eq!(
+            stated("max_entries"),
+            super::super::cache::DEFAULT_CACHE_ENTRIES
+        );
     }
 
     #[test]
