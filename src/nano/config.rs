@@ -16,6 +16,7 @@
 //! allow = ["process", "block_confirm"] # opt-ins beyond the read-only allowlist
 //! max_count = 1000                     # cap on "count"
 //! max_array_len = 500                  # cap on array lengths (accounts, hashes)
+//! max_offset = 10000                   # cap on "offset" (larger is refused)
 //!
 //! [limits]
 //! max_request_bytes = 65536            # largest request frame
@@ -94,6 +95,8 @@ pub struct PolicySection {
     pub max_count: Option<u64>,
     /// Cap on the length of a request's arrays.
     pub max_array_len: Option<usize>,
+    /// Cap on a request's `offset`, in entries skipped.
+    pub max_offset: Option<u64>,
 }
 
 /// `[limits]`.
@@ -225,6 +228,9 @@ impl NanoServiceConfig {
         if let Some(len) = file.policy.max_array_len {
             relay.policy.set_max_array_len(len);
         }
+        if let Some(offset) = file.policy.max_offset {
+            relay.policy.set_max_offset(offset);
+        }
         config.work_server = file.node.work_server.clone();
         config.rate_limit = rate_limit(file.limits.rate_per_second, file.limits.burst)?;
         if let Some(entries) = file.cache.max_entries {
@@ -339,6 +345,7 @@ mod tests {
             DEFAULT_MAX_REQUEST_BYTES as u64
         );
         assert_eq!(stated("max_count"), DEFAULT_MAX_COUNT);
+        assert_eq!(stated("max_offset"), crate::nano::DEFAULT_MAX_OFFSET);
         assert_eq!(
             stated("max_array_len"),
             crate::nano::DEFAULT_MAX_ARRAY_LEN as u64
