@@ -16,22 +16,26 @@
 //! | every other read-only action (`block_count`, `account_*`, `receivable`, ...) | 1 s | ledger state, changes with every block |
 //! | `process`, `work_generate`, `block_confirm`, anything unknown | never | not reads |
 //!
-//! With the relay's [`Policy`] given ([`Cached::with_policy`]), the key is made from the
-//! request as the policy rewrites it (`count` capped, `account_filter` removed), and a
-//! request the policy refuses (repeated keys included, which a JSON map would read as
-//! the last value) never gets a cached answer: it goes on to the relay, which refuses it.
+//! The cache checks every request against the relay's [`Policy`] first, once: the key is
+//! made from the request as the policy rewrites it (`count` capped or added,
+//! `account_filter` removed), and a request the policy refuses is answered with the
+//! refusal and never reaches the cache or the node. The [`CheckedRequest`] goes on to the
+//! relay, which posts it without a second check.
 //!
 //! Only answers with HTTP 200 and no `"error"` field are kept; refusals and failures
 //! never are. A cached answer is logged (`answered from cache`) and counted in
 //! [`crate::metrics`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use serde_json::Value;
 
+use super::checked::CheckedRequest;
 use super::policy::Policy;
+use super::relay::Forward;
 use crate::metrics::WorkerMetrics;
 use crate::service::{Handler, Reply, Request};
 
@@ -82,6 +86,9 @@ fn all_confirmed(answer: &Value) -> bool {
 
 /// The cache key of a request: service key and canonical JSON, or `None` when the body
 /// is not a JSON object with a string action (such requests are not cached).
+///
+/// [`Cached`] makes its keys from [`CheckedRequest::cache_key`] instead, which needs no
+/// parse; this is the same key for a body that needs no rewrite.
 pub fn cache_key(service: &str, body: &[u8]) -> Option<(String, String)> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let action = value.get("action")?.as_str()?.to_string();
@@ -104,15 +111,16 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
-/// A [`Handler`] that answers repeated read-only requests from a cache (see the module
-/// documentation for keys and TTLs) and passes the rest to the inner handler. It also
-/// times every request the inner handler answers, as the node latency of
+/// A [`Handler`] that checks every request against a [`Policy`] once, answers repeated
+/// read-only requests from a cache (see the module documentation for keys and TTLs),
+/// and forwards the rest to the inner [`Forward`]. It also
+/// times every request the inner layer answers, as the node latency of
 /// [`WorkerMetrics`].
 pub struct Cached<H> {
     inner: H,
+    policy: Policy,
     cache: Option<Cache<String, Entry>>,
     metrics: Option<Arc<WorkerMetrics>>,
-    policy: Option<Policy>,
 }
 
 impl<H> std::fmt::Debug for Cached<H> {
@@ -124,9 +132,15 @@ impl<H> std::fmt::Debug for Cached<H> {
 }
 
 impl<H> Cached<H> {
-    /// Wraps `inner` with a cache of at most `max_entries` answers (0: no cache, only
-    /// the timing), reporting to `metrics`.
-    pub fn new(inner: H, max_entries: u64, metrics: Option<Arc<WorkerMetrics>>) -> Self {
+    /// Wraps `inner`: requests are checked against `policy`, and at most `max_entries`
+    /// answers are kept (0: no cache, only the check and the timing), reporting to
+    /// `metrics`.
+    pub fn new(
+        inner: H,
+        policy: Policy,
+        max_entries: u64,
+        metrics: Option<Arc<WorkerMetrics>>,
+    ) -> Self {
         let cache = (max_entries > 0).then(|| {
             Cache::builder()
                 .max_capacity(max_entries)
@@ -135,78 +149,96 @@ impl<H> Cached<H> {
         });
         Self {
             inner,
+            policy,
             cache,
             metrics,
-            policy: None,
         }
     }
 
-    /// Keys entries on requests as `policy` rewrites them, and never answers a request
-    /// `policy` refuses from the cache (see the module documentation).
-    pub fn with_policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// The cache key of `request`, if it may be answered from or stored in the cache.
-    fn key_of(&self, request: &Request) -> Option<(String, String)> {
-        self.cache.as_ref()?;
-        match &self.policy {
-            Some(policy) => {
-                let checked = policy.check(&request.body).ok()?;
-                cache_key(&request.key, &checked)
-            }
-            None => cache_key(&request.key, &request.body),
-        }
-    }
-
-    /// The inner handler.
+    /// The inner layer.
     pub fn inner(&self) -> &H {
         &self.inner
     }
+
+    /// The policy requests are checked against.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn hit(&self, peer: SocketAddr, action: &str) {
+        tracing::debug!(%peer, %action, "answered from cache");
+        if let Some(metrics) = &self.metrics {
+            metrics.cache_hit(action);
+        }
+    }
 }
 
-impl<H: Handler> Handler for Cached<H> {
-    async fn handle(&self, request: Request) -> Reply {
-        let key = self.key_of(&request);
-        if let (Some(cache), Some((action, key))) = (&self.cache, &key) {
-            if let Some(entry) = cache.get(key) {
-                tracing::debug!(peer = %request.peer, %action, "answered from cache");
-                if let Some(metrics) = &self.metrics {
-                    metrics.cache_hit(action);
-                }
-                return Reply::Answer {
-                    status: entry.status,
-                    body: entry.body.as_ref().clone(),
-                };
-            }
-        }
+impl<H: Forward> Cached<H> {
+    /// The inner layer's answer, timed.
+    async fn ask(&self, request: CheckedRequest, peer: SocketAddr) -> Reply {
         let started = Instant::now();
-        let reply = self.inner.handle(request).await;
+        let reply = self.inner.forward(request, peer).await;
         if let Some(metrics) = &self.metrics {
             if matches!(reply, Reply::Answer { .. }) {
                 metrics.node_latency(started.elapsed());
             }
         }
-        if let (Some(cache), Some((action, key)), Reply::Answer { status: 200, body }) =
-            (&self.cache, key, &reply)
-        {
+        reply
+    }
+
+    /// Asks the node and keeps a cacheable answer under `key`.
+    async fn ask_and_keep(
+        &self,
+        cache: &Cache<String, Entry>,
+        key: String,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> Reply {
+        let action = request.action().to_string();
+        let reply = self.ask(request, peer).await;
+        if let Reply::Answer { status: 200, body } = &reply {
             if let Ok(answer) = serde_json::from_slice::<Value>(body) {
                 if answer.get("error").is_none() {
                     if let Some(ttl) = ttl(&action, &answer) {
-                        cache.insert(
-                            key,
-                            Entry {
-                                status: 200,
-                                body: Arc::new(body.clone()),
-                                ttl,
-                            },
-                        );
+                        let entry = Entry {
+                            status: 200,
+                            body: Arc::new(body.clone()),
+                            ttl,
+                        };
+                        cache.insert(key, entry);
                     }
                 }
             }
         }
         reply
+    }
+}
+
+impl<H: Forward> Handler for Cached<H> {
+    async fn handle(&self, request: Request) -> Reply {
+        let peer = request.peer;
+        let checked = match self.policy.check(&request.body) {
+            Ok(checked) => checked,
+            Err(refusal) => {
+                tracing::debug!(%peer, %refusal, "nano relay refused a request");
+                return Reply::Failure(refusal.into());
+            }
+        };
+        let Some(cache) = &self.cache else {
+            return self.ask(checked, peer).await;
+        };
+        if ttl(checked.action(), &Value::Null).is_none() {
+            return self.ask(checked, peer).await;
+        }
+        let key = format!("{}\n{}", request.key, checked.cache_key());
+        if let Some(entry) = cache.get(&key) {
+            self.hit(peer, checked.action());
+            return Reply::Answer {
+                status: entry.status,
+                body: entry.body.as_ref().clone(),
+            };
+        }
+        self.ask_and_keep(cache, key, checked, peer).await
     }
 }
 
@@ -220,10 +252,14 @@ mod tests {
     #[derive(Default)]
     struct Echo(AtomicUsize);
 
-    impl Handler for Echo {
-        async fn handle(&self, request: Request) -> Reply {
+    impl Forward for Echo {
+        fn forward(
+            &self,
+            request: CheckedRequest,
+            _peer: SocketAddr,
+        ) -> impl std::future::Future<Output = Reply> + Send {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Reply::ok(request.body)
+            async move { Reply::ok(request.body().to_vec()) }
         }
     }
 
@@ -236,8 +272,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn policy_rewrites_make_one_entry_and_refused_requests_skip_the_cache() {
-        let cached = Cached::new(Echo::default(), 100, None).with_policy(Policy::read_only());
+    async fn policy_rewrites_make_one_entry_and_refused_requests_never_pass() {
+        let cached = Cached::new(Echo::default(), Policy::read_only(), 100, None);
         let a = r#"{"action":"account_history","account":"A","count":"5000"}"#;
         let b = r#"{"action":"account_history","account":"A","count":"1000"}"#;
         cached.handle(request(a)).await;
@@ -247,12 +283,15 @@ mod tests {
             1,
             "same capped request"
         );
-        // Repeated keys: the policy refuses them, so no cached answer is served.
+        // Repeated keys: the policy refuses them, before the cache and the node.
         let c = r#"{"action":"account_balance","account":"B"}"#;
         cached.handle(request(c)).await;
         let twice = r#"{"action":"account_balance","account":"A","account":"B"}"#;
-        cached.handle(request(twice)).await;
-        assert_eq!(cached.inner().0.load(Ordering::SeqCst), 3);
+        assert!(matches!(
+            cached.handle(request(twice)).await,
+            Reply::Failure(_)
+        ));
+        assert_eq!(cached.inner().0.load(Ordering::SeqCst), 2);
     }
 
     #[test]

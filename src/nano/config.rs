@@ -32,12 +32,15 @@
 //! ```
 //!
 //! The handler a worker runs is [`NanoService`]: metrics outermost (every reply counted),
-//! then the rate limit (a refused client costs nothing more), then the cache, then the
-//! relay to the node (or to the work server for `work_generate`):
+//! then the rate limit (a refused client costs nothing more), then the policy check and
+//! the cache, then the relay to the node (or to the work server for `work_generate`). The
+//! request's JSON is parsed once, by the policy in `Cached`; the layers after it take the
+//! [`CheckedRequest`](super::CheckedRequest):
 //!
 //! ```text
-//! Metered ─▶ RateLimited ─▶ Cached ─▶ WorkRouted ─┬─▶ NanoRelay (node)
-//!                                                  └─▶ NanoRelay (work server)
+//!         Request                     Request                    CheckedRequest
+//! Metered ───────▶ RateLimited ───────▶ Cached ───────────▶ WorkRouted ─┬─▶ NanoRelay (node)
+//!                                   (Policy::check)                     └─▶ NanoRelay (work server)
 //! ```
 
 use std::net::SocketAddr;
@@ -262,23 +265,23 @@ pub fn build(
     config: NanoServiceConfig,
     metrics: Arc<WorkerMetrics>,
 ) -> Result<NanoService, ConfigError> {
+    // One check for the whole stack (in `Cached`): with a work server, work_generate is
+    // allowed and routed there.
+    let mut policy = config.relay.policy.clone();
     let work = match &config.work_server {
         Some(url) => {
-            let mut policy = config.relay.policy.clone();
             policy.allow(WORK_ACTION)?;
             Some(NanoRelay::new(NanoRelayConfig {
                 node_url: url.clone(),
-                policy,
+                policy: policy.clone(),
                 ..config.relay.clone()
             })?)
         }
         None => None,
     };
-    let policy = config.relay.policy.clone();
     let node = NanoRelay::new(config.relay)?;
     let routed = WorkRouted::new(node, work);
-    let cached =
-        Cached::new(routed, config.cache_entries, Some(metrics.clone())).with_policy(policy);
+    let cached = Cached::new(routed, policy, config.cache_entries, Some(metrics.clone()));
     Ok(Metered::new(
         RateLimited::new(cached, config.rate_limit),
         metrics,

@@ -37,7 +37,8 @@
 //! # Layout
 //!
 //! - [`actions`]: the action lists, each with its source (pure data).
-//! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O).
+//! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O), which give a
+//!   [`CheckedRequest`] ([`checked`]): the request read once, for every later layer.
 //! - [`relay`]: [`NanoRelay`], the [`Handler`](crate::service::Handler) that posts to the
 //!   node.
 //! - [`cache`]: [`cache::Cached`], the response cache keyed on action and parameters.
@@ -47,12 +48,14 @@
 
 pub mod actions;
 pub mod cache;
+pub mod checked;
 pub mod config;
 pub mod policy;
 pub mod relay;
 pub mod retry;
 pub mod work;
 
+pub use checked::CheckedRequest;
 pub use policy::{
     AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT, DEFAULT_MAX_OFFSET,
 };

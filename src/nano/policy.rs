@@ -1,7 +1,8 @@
 //! The relay policy: which Nano RPC requests a relay forwards, and in what form (sans-IO).
 //!
 //! [`Policy::check`] takes the request body a caller sent and either refuses it with a
-//! [`Refusal`] or returns the bytes to post to the node. It owns no socket and reads no
+//! [`Refusal`] or returns a [`CheckedRequest`]: the action, the bytes to post to the node
+//! and the request they encode, read once for every later layer. It owns no socket and reads no
 //! clock. The rules, in the order they are applied:
 //!
 //! 1. The body is one JSON object (RFC 8259) in which no object repeats a key. nano-node
@@ -68,10 +69,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::actions::{OPT_IN_ACTIONS, READ_ONLY_ACTIONS};
+use super::checked::CheckedRequest;
 use crate::frame::{ErrorCode, WireError};
 
 /// Default cap on a request's `count`, in items.
@@ -275,9 +278,11 @@ impl Policy {
         (self.max_count / accounts).max(1)
     }
 
-    /// Checks one request body and returns the bytes to post to the node.
+    /// Checks one request body and returns it as a [`CheckedRequest`]: its action, the
+    /// bytes to post to the node and the request they encode, so that no later layer
+    /// parses the body again.
     ///
-    /// The rules are listed in the [module documentation](self). The returned bytes are
+    /// The rules are listed in the [module documentation](self). The bytes to post are
     /// `body` itself, unchanged, unless `account_filter` was removed or `count` capped or
     /// added.
     ///
@@ -287,7 +292,7 @@ impl Policy {
     /// `offset` over the cap, or would need a rewrite that could alter one of its
     /// numbers; [`ErrorCode::ActionNotAllowed`] when the action is not on the
     /// allowlist or is `process` with `force`.
-    pub fn check(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+    pub fn check(&self, body: &[u8]) -> Result<CheckedRequest, Refusal> {
         let Parsed {
             mut request,
             inexact_number,
@@ -339,19 +344,25 @@ impl Policy {
             None => {}
         }
         if !changed {
-            return Ok(body.to_vec());
+            let body = Bytes::copy_from_slice(body);
+            return Ok(CheckedRequest::new(action, body, request));
         }
         if inexact_number {
             return Err(Refusal::invalid(
                 "request body holds a JSON number that is not an exact integer and could \
-                 change when the relay rewrites the body (count cap, account_filter); send \
-                 numbers as strings, as the Nano RPC does",
+                 change when the relay rewrites the body (count cap, account_filter); \
+                 send numbers as strings, as the Nano RPC does",
             ));
         }
-        serde_json::to_vec(&Value::Object(request)).map_err(|e| Refusal {
+        let request = Value::Object(request);
+        let body = serde_json::to_vec(&request).map_err(|e| Refusal {
             code: ErrorCode::Internal,
             message: format!("could not serialize the rewritten request: {e}"),
-        })
+        })?;
+        let Value::Object(request) = request else {
+            unreachable!("made as an object above")
+        };
+        Ok(CheckedRequest::new(action, body.into(), request))
     }
 
     /// "read-only allowlist", plus the opted-in actions if any.
@@ -631,9 +642,16 @@ mod tests {
     const ACCOUNT: &str = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
 
     fn check(policy: &Policy, body: &str) -> Result<Value, Refusal> {
-        policy
-            .check(body.as_bytes())
-            .map(|out| serde_json::from_slice(&out).expect("forwarded body is JSON"))
+        policy.check(body.as_bytes()).map(|out| {
+            let posted: Value = serde_json::from_slice(out.body()).expect("forwarded body is JSON");
+            assert_eq!(posted, Value::Object(out.request().clone()), "{body}");
+            posted
+        })
+    }
+
+    /// The bytes `policy` would post for `body`.
+    fn posted(policy: &Policy, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+        policy.check(body).map(|out| out.body().to_vec())
     }
 
     fn refusal(policy: &Policy, body: &str) -> Refusal {
@@ -649,7 +667,7 @@ mod tests {
             r#"{"count":"1000","action":"chain","block":"AB"}"#,
             r#"{"action":"version","x":1.5e300}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -674,7 +692,7 @@ mod tests {
             );
         }
         // Invalid UTF-8 inside a string.
-        let r = policy.check(b"{\"action\":\"ver\xffsion\"}").unwrap_err();
+        let r = posted(&policy, b"{\"action\":\"ver\xffsion\"}").unwrap_err();
         assert_eq!(r.code, ErrorCode::InvalidRequest);
     }
 
@@ -812,7 +830,7 @@ mod tests {
         for force in [json!(false), json!("false"), json!("0"), json!(0)] {
             let body = json!({ "action": "process", "force": force, "block": "{}" }).to_string();
             assert_eq!(
-                policy.check(body.as_bytes()).unwrap(),
+                posted(&policy, body.as_bytes()).unwrap(),
                 body.as_bytes(),
                 "{force}"
             );
@@ -824,7 +842,7 @@ mod tests {
         let mut policy = Policy::read_only();
         policy.set_max_array_len(3);
         let ok = json!({ "action": "accounts_balances", "accounts": ["a", "b", "c"] }).to_string();
-        assert_eq!(policy.check(ok.as_bytes()).unwrap(), ok.as_bytes());
+        assert_eq!(posted(&policy, ok.as_bytes()).unwrap(), ok.as_bytes());
         for (body, key) in [
             (
                 json!({ "action": "accounts_balances", "accounts": ["a", "b", "c", "d"] }),
@@ -921,7 +939,7 @@ mod tests {
             r#"{"action":"chain","count":"0"}"#,
             r#"{"action":"chain","count":7}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -984,7 +1002,7 @@ mod tests {
             r#"{"action":"delegators","account":"x"}"#,
             r#"{"action":"block_count"}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -1030,7 +1048,7 @@ mod tests {
         let body =
             json!({ "action": "accounts_receivable", "accounts": accounts(2), "count": "5" })
                 .to_string();
-        assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+        assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
     }
 
     #[test]
@@ -1071,7 +1089,7 @@ mod tests {
             // Actions that do not read an offset do not care.
             r#"{"action":"version","offset":"-1"}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -1104,11 +1122,11 @@ mod tests {
         let mut process = Policy::read_only();
         process.allow("process").unwrap().set_max_array_len(3);
         let body = json!({ "action": "process", "json_block": "true", "block": four }).to_string();
-        assert_eq!(process.check(body.as_bytes()).unwrap(), body.as_bytes());
+        assert_eq!(posted(&process, body.as_bytes()).unwrap(), body.as_bytes());
         let three =
             json!({ "action": "accounts_balances", "accounts": {"a": "1", "b": "2", "c": "3"} })
                 .to_string();
-        assert_eq!(policy.check(three.as_bytes()).unwrap(), three.as_bytes());
+        assert_eq!(posted(&policy, three.as_bytes()).unwrap(), three.as_bytes());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The relay's I/O edge: [`NanoRelay`] posts checked requests to a Nano node's HTTP RPC.
 //!
-//! Per request: [`Policy::check`] first (a refused request never reaches the node), then
+//! Per request: [`Policy::check`] first (a refused request never reaches the node; in the
+//! worker's stack the cache layer checks, once, and hands the [`CheckedRequest`] on), then
 //! one HTTP/1.1 `POST /` to the node with `content-type: application/json` and the checked
 //! body, through one shared connection pool. The node's status and body come back as a
 //! [`Reply::Answer`], whatever they are: nano-node reports errors as HTTP 200 with
@@ -8,11 +9,14 @@
 //! exactly as the node sent it.
 
 use std::error::Error as _;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Url};
 
+use super::checked::CheckedRequest;
 use super::policy::Policy;
 use crate::frame::{ErrorCode, WireError};
 use crate::service::{Handler, Reply, Request};
@@ -31,6 +35,21 @@ pub const DEFAULT_MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// The request [`NanoRelay::probe`] sends.
 const VERSION_REQUEST: &[u8] = br#"{"action":"version"}"#;
+
+/// What a [`CheckedRequest`] goes to after the policy: a relay to one node
+/// ([`NanoRelay`]) or a router between relays ([`WorkRouted`](super::work::WorkRouted)).
+///
+/// The request is not checked again: the caller got it from the [`Policy`] of the whole
+/// stack ([`Cached`](super::cache::Cached) holds it).
+pub trait Forward: Send + Sync + 'static {
+    /// Posts `request` and answers with the node's status and body, or a failure
+    /// ([`NanoRelay`]'s table); `peer` is the caller, for the logs.
+    fn forward(
+        &self,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Reply> + Send;
+}
 
 /// How a [`NanoRelay`] reaches its node and what it lets through.
 #[derive(Debug, Clone)]
@@ -79,6 +98,9 @@ impl Default for NanoRelayConfig {
 ///
 /// It serves whatever key the server routes to it; it does not look at
 /// [`Request::key`]. Cloning is cheap and shares the connection pool.
+///
+/// As a [`Handler`] it checks each request against its own [`Policy`]; as a [`Forward`]
+/// it posts a request that was checked already.
 #[derive(Debug, Clone)]
 pub struct NanoRelay {
     client: Client,
@@ -284,6 +306,18 @@ impl NanoRelay {
         Ok((status, answer))
     }
 
+    /// Posts a request the stack's policy checked already (the [`Forward`] of a relay).
+    pub async fn forward(&self, request: CheckedRequest, peer: SocketAddr) -> Reply {
+        match self.post(request.body().to_vec()).await {
+            Ok((status, body)) => Reply::Answer { status, body },
+            Err(error) => {
+                let error = self.wire_error(error);
+                tracing::warn!(%peer, code = %error.code, "{}", error.message);
+                Reply::Failure(error)
+            }
+        }
+    }
+
     /// The wire error a caller gets for `error`.
     fn wire_error(&self, error: ForwardError) -> WireError {
         let url = &self.endpoint;
@@ -316,21 +350,23 @@ impl NanoRelay {
 
 impl Handler for NanoRelay {
     async fn handle(&self, request: Request) -> Reply {
-        let body = match self.policy.check(&request.body) {
-            Ok(body) => body,
+        match self.policy.check(&request.body) {
+            Ok(checked) => self.forward(checked, request.peer).await,
             Err(refusal) => {
                 tracing::debug!(peer = %request.peer, %refusal, "nano relay refused a request");
-                return Reply::Failure(refusal.into());
-            }
-        };
-        match self.post(body).await {
-            Ok((status, body)) => Reply::Answer { status, body },
-            Err(error) => {
-                let error = self.wire_error(error);
-                tracing::warn!(peer = %request.peer, code = %error.code, "{}", error.message);
-                Reply::Failure(error)
+                Reply::Failure(refusal.into())
             }
         }
+    }
+}
+
+impl Forward for NanoRelay {
+    fn forward(
+        &self,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Reply> + Send {
+        NanoRelay::forward(self, request, peer)
     }
 }
 
