@@ -25,13 +25,24 @@
 //! Only answers with HTTP 200 and no `"error"` field are kept; refusals and failures
 //! never are. A cached answer is logged (`answered from cache`) and counted in
 //! [`crate::metrics`].
+//!
+//! # Identical misses share one node request
+//!
+//! While a cacheable request is on its way to the node, identical requests (same key)
+//! wait for its answer instead of asking the node too: a thousand wallets asking
+//! `block_count` in the same millisecond cost the node one request. If the request that
+//! asks is dropped (its caller went away), one of the waiters asks in its place.
+//!
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use super::checked::CheckedRequest;
 use super::policy::Policy;
@@ -111,9 +122,14 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+/// One request on its way to the node, which identical requests wait for.
+struct Flight {
+    reply: OnceCell<Reply>,
+}
+
 /// A [`Handler`] that checks every request against a [`Policy`] once, answers repeated
-/// read-only requests from a cache (see the module documentation for keys and TTLs),
-/// and forwards the rest to the inner [`Forward`]. It also
+/// read-only requests from a cache (see the module documentation for keys, TTLs and
+/// coalescing), and forwards the rest to the inner [`Forward`]. It also
 /// times every request the inner layer answers, as the node latency of
 /// [`WorkerMetrics`].
 pub struct Cached<H> {
@@ -121,6 +137,7 @@ pub struct Cached<H> {
     policy: Policy,
     cache: Option<Cache<String, Entry>>,
     metrics: Option<Arc<WorkerMetrics>>,
+    in_flight: Mutex<HashMap<String, Arc<Flight>>>,
 }
 
 impl<H> std::fmt::Debug for Cached<H> {
@@ -152,6 +169,7 @@ impl<H> Cached<H> {
             policy,
             cache,
             metrics,
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,6 +181,12 @@ impl<H> Cached<H> {
     /// The policy requests are checked against.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn hit(&self, peer: SocketAddr, action: &str) {
@@ -238,7 +262,61 @@ impl<H: Forward> Handler for Cached<H> {
                 body: entry.body.as_ref().clone(),
             };
         }
-        self.ask_and_keep(cache, key, checked, peer).await
+        // Join the identical request on its way to the node, or be it.
+        let flight = self
+            .in_flight()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Flight {
+                    reply: OnceCell::new(),
+                })
+            })
+            .clone();
+        let action = checked.action().to_string();
+        let asked = AtomicBool::new(false);
+        let _leave = Leave {
+            cached: self,
+            key: &key,
+            flight: &flight,
+            asked: &asked,
+        };
+        let reply = flight
+            .reply
+            .get_or_init(|| {
+                asked.store(true, Ordering::Relaxed);
+                self.ask_and_keep(cache, key.clone(), checked, peer)
+            })
+            .await
+            .clone();
+        if !asked.load(Ordering::Relaxed) {
+            self.hit(peer, &action);
+        }
+        reply
+    }
+}
+
+/// Takes a [`Flight`] out of the in-flight map when the request that asked the node for
+/// it is done, or dropped before it was (then a waiter, if any, asks in its place, and
+/// a new identical request starts a new flight).
+struct Leave<'a, H> {
+    cached: &'a Cached<H>,
+    key: &'a str,
+    flight: &'a Arc<Flight>,
+    asked: &'a AtomicBool,
+}
+
+impl<H> Drop for Leave<'_, H> {
+    fn drop(&mut self) {
+        if !self.asked.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut in_flight = self.cached.in_flight();
+        if in_flight
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, self.flight))
+        {
+            in_flight.remove(self.key);
+        }
     }
 }
 
@@ -246,7 +324,7 @@ impl<H: Forward> Handler for Cached<H> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     /// Answers every request with its own body and counts the calls.
     #[derive(Default)]
@@ -292,6 +370,74 @@ mod tests {
             Reply::Failure(_)
         ));
         assert_eq!(cached.inner().0.load(Ordering::SeqCst), 2);
+    }
+
+    /// Answers after `delay`, counting the calls.
+    struct Slow {
+        calls: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Forward for Slow {
+        fn forward(
+            &self,
+            request: CheckedRequest,
+            _peer: SocketAddr,
+        ) -> impl std::future::Future<Output = Reply> + Send {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let delay = self.delay;
+            async move {
+                tokio::time::sleep(delay).await;
+                Reply::ok(request.body().to_vec())
+            }
+        }
+    }
+
+    /// Polls `done` every millisecond for at most two seconds.
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_asker_hands_over_to_a_waiter_and_no_flight_is_left() {
+        let slow = Slow {
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(200),
+        };
+        let cached = Arc::new(Cached::new(slow, Policy::read_only(), 100, None));
+        let body = r#"{"action":"block_count"}"#;
+        let ask = || {
+            let cached = cached.clone();
+            tokio::spawn(async move { cached.handle(request(body)).await })
+        };
+        let asker = ask();
+        wait_for("the first request to ask", || {
+            cached.inner().calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let waiter = ask();
+        wait_for("the second request to wait", || {
+            cached
+                .in_flight()
+                .values()
+                .next()
+                .is_some_and(|flight| Arc::strong_count(flight) == 3)
+        })
+        .await;
+        asker.abort();
+        assert_eq!(
+            waiter.await.expect("waiter"),
+            Reply::ok(body.as_bytes().to_vec())
+        );
+        assert_eq!(cached.inner().calls.load(Ordering::SeqCst), 2);
+        assert!(cached.in_flight().is_empty());
+        // Now cached.
+        cached.handle(request(body)).await;
+        assert_eq!(cached.inner().calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
