@@ -17,10 +17,10 @@
 //! | `process`, `work_generate`, `block_confirm`, anything unknown | never | not reads |
 //!
 //! The cache checks every request against the relay's [`Policy`] first, once: the key is
-//! made from the request as the policy rewrites it (`count` capped or added,
-//! `account_filter` removed), and a request the policy refuses is answered with the
-//! refusal and never reaches the cache or the node. The [`CheckedRequest`] goes on to the
-//! relay, which posts it without a second check.
+//! made from the request as the policy rewrites it (`count` capped, `account_filter` and
+//! `uncached` removed), and a request the policy refuses is answered with the refusal and
+//! never reaches the cache or the node. The [`CheckedRequest`] goes on to the relay, which
+//! posts it without a second check.
 //!
 //! Only answers with HTTP 200 and no `"error"` field are kept; refusals and failures
 //! never are. A cached answer is logged (`answered from cache`) and counted in
@@ -33,10 +33,22 @@
 //! `block_count` in the same millisecond cost the node one request. If the request that
 //! asks is dropped (its caller went away), one of the waiters asks in its place.
 //!
+//! # After a `process`
+//!
+//! A `process` changes the ledger entries its block names ([`CheckedRequest::touched_keys`]:
+//! the block's account, its `link`, `previous`, `representative`, ...). From the moment it
+//! is sent until the node has answered (or the relay gave up), and for any read that began
+//! before that answer, a cached answer whose request names one of those entries
+//! ([`CheckedRequest::ledger_keys`]) is not served: the next read of the wallet's account
+//! goes to the node, whether the `process` succeeded or not (a refused block may have been
+//! published through another node all the same). Reads that name none of them stay cached.
+//!
+//! A caller can also ask for a read from the node with `"uncached": "true"` (the policy's
+//! rule 10, `docs/protocol.md` §4.2); its answer replaces the cached one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,7 +56,7 @@ use moka::sync::Cache;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::checked::CheckedRequest;
+use super::checked::{CheckedRequest, LedgerKey};
 use super::policy::Policy;
 use super::relay::Forward;
 use crate::metrics::WorkerMetrics;
@@ -107,11 +119,23 @@ pub fn cache_key(service: &str, body: &[u8]) -> Option<(String, String)> {
     Some((action, format!("{service}\n{value}")))
 }
 
+/// The longest TTL of an answer that depends on ledger entries a `process` can change
+/// (confirmed `block_info`: its `successor` changes): a touch older than that can no
+/// longer make a cached answer stale, and is forgotten.
+const LONGEST_LEDGER_TTL: Duration = Duration::from_secs(60);
+
+/// How many touched entries [`Touches`] holds before it forgets the old ones.
+const TOUCHES_SWEEP_AT: usize = 4096;
+
 #[derive(Clone)]
 struct Entry {
     status: u16,
     body: Arc<Vec<u8>>,
     ttl: Duration,
+    /// [`Touches::now`] when the request that got this answer was sent.
+    asked_at: u64,
+    /// The ledger entries the request names.
+    keys: Arc<[LedgerKey]>,
 }
 
 struct PerEntryTtl;
@@ -122,14 +146,66 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+/// When each ledger entry was last touched by a `process`, on a logical clock that ticks
+/// once per touch: an answer asked for at tick `t` is stale when one of its entries was
+/// touched after `t`.
+#[derive(Default)]
+struct Touches {
+    clock: AtomicU64,
+    /// The clock at the latest touch (0: none yet), read without the lock.
+    latest: AtomicU64,
+    touched: Mutex<HashMap<LedgerKey, (u64, Instant)>>,
+}
+
+impl Touches {
+    /// The current tick: take it before asking the node.
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<LedgerKey, (u64, Instant)>> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks `keys` as changed now.
+    fn touch(&self, keys: &[LedgerKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut touched = self.lock();
+        let tick = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        if touched.len() >= TOUCHES_SWEEP_AT {
+            touched.retain(|_, (_, at)| now.duration_since(*at) <= LONGEST_LEDGER_TTL);
+        }
+        for key in keys {
+            touched.insert(*key, (tick, now));
+        }
+        self.latest.store(tick, Ordering::SeqCst);
+    }
+
+    /// Whether an answer asked for at `asked_at` about `keys` is still good.
+    fn fresh(&self, keys: &[LedgerKey], asked_at: u64) -> bool {
+        if keys.is_empty() || self.latest.load(Ordering::SeqCst) <= asked_at {
+            return true;
+        }
+        let touched = self.lock();
+        keys.iter()
+            .all(|key| touched.get(key).is_none_or(|(tick, _)| *tick <= asked_at))
+    }
+}
+
 /// One request on its way to the node, which identical requests wait for.
 struct Flight {
+    asked_at: u64,
     reply: OnceCell<Reply>,
 }
 
 /// A [`Handler`] that checks every request against a [`Policy`] once, answers repeated
-/// read-only requests from a cache (see the module documentation for keys, TTLs and
-/// coalescing), and forwards the rest to the inner [`Forward`]. It also
+/// read-only requests from a cache (see the module documentation for keys, TTLs,
+/// coalescing and `process`), and forwards the rest to the inner [`Forward`]. It also
 /// times every request the inner layer answers, as the node latency of
 /// [`WorkerMetrics`].
 pub struct Cached<H> {
@@ -138,6 +214,7 @@ pub struct Cached<H> {
     cache: Option<Cache<String, Entry>>,
     metrics: Option<Arc<WorkerMetrics>>,
     in_flight: Mutex<HashMap<String, Arc<Flight>>>,
+    touches: Touches,
 }
 
 impl<H> std::fmt::Debug for Cached<H> {
@@ -170,6 +247,7 @@ impl<H> Cached<H> {
             cache,
             metrics,
             in_flight: Mutex::new(HashMap::new()),
+            touches: Touches::default(),
         }
     }
 
@@ -210,11 +288,14 @@ impl<H: Forward> Cached<H> {
         reply
     }
 
-    /// Asks the node and keeps a cacheable answer under `key`.
+    /// Asks the node and keeps a cacheable answer under `key`, unless one of `keys` was
+    /// touched since `asked_at`.
     async fn ask_and_keep(
         &self,
         cache: &Cache<String, Entry>,
         key: String,
+        keys: Arc<[LedgerKey]>,
+        asked_at: u64,
         request: CheckedRequest,
         peer: SocketAddr,
     ) -> Reply {
@@ -222,12 +303,14 @@ impl<H: Forward> Cached<H> {
         let reply = self.ask(request, peer).await;
         if let Reply::Answer { status: 200, body } = &reply {
             if let Ok(answer) = serde_json::from_slice::<Value>(body) {
-                if answer.get("error").is_none() {
+                if answer.get("error").is_none() && self.touches.fresh(&keys, asked_at) {
                     if let Some(ttl) = ttl(&action, &answer) {
                         let entry = Entry {
                             status: 200,
                             body: Arc::new(body.clone()),
                             ttl,
+                            asked_at,
+                            keys,
                         };
                         cache.insert(key, entry);
                     }
@@ -251,27 +334,54 @@ impl<H: Forward> Handler for Cached<H> {
         let Some(cache) = &self.cache else {
             return self.ask(checked, peer).await;
         };
+        let touched = checked.touched_keys();
+        if !touched.is_empty() {
+            // Before (so that nothing cached is served while it is on its way) and after
+            // (so that no read that began before the node's answer is kept or served).
+            self.touches.touch(&touched);
+            let reply = self.ask(checked, peer).await;
+            self.touches.touch(&touched);
+            return reply;
+        }
         if ttl(checked.action(), &Value::Null).is_none() {
             return self.ask(checked, peer).await;
         }
         let key = format!("{}\n{}", request.key, checked.cache_key());
+        let keys: Arc<[LedgerKey]> = checked.ledger_keys().into();
+        if checked.uncached() {
+            let asked_at = self.touches.now();
+            return self
+                .ask_and_keep(cache, key, keys, asked_at, checked, peer)
+                .await;
+        }
         if let Some(entry) = cache.get(&key) {
-            self.hit(peer, checked.action());
-            return Reply::Answer {
-                status: entry.status,
-                body: entry.body.as_ref().clone(),
-            };
+            if self.touches.fresh(&entry.keys, entry.asked_at) {
+                self.hit(peer, checked.action());
+                return Reply::Answer {
+                    status: entry.status,
+                    body: entry.body.as_ref().clone(),
+                };
+            }
         }
         // Join the identical request on its way to the node, or be it.
-        let flight = self
-            .in_flight()
-            .entry(key.clone())
-            .or_insert_with(|| {
+        let now = self.touches.now();
+        let flight = {
+            let mut in_flight = self.in_flight();
+            let flight = in_flight.entry(key.clone()).or_insert_with(|| {
                 Arc::new(Flight {
+                    asked_at: now,
                     reply: OnceCell::new(),
                 })
-            })
-            .clone();
+            });
+            if !self.touches.fresh(&keys, flight.asked_at) {
+                // Sent before a process touched what it reads: start afresh.
+                *flight = Arc::new(Flight {
+                    asked_at: now,
+                    reply: OnceCell::new(),
+                });
+            }
+            flight.clone()
+        };
         let action = checked.action().to_string();
         let asked = AtomicBool::new(false);
         let _leave = Leave {
@@ -284,7 +394,7 @@ impl<H: Forward> Handler for Cached<H> {
             .reply
             .get_or_init(|| {
                 asked.store(true, Ordering::Relaxed);
-                self.ask_and_keep(cache, key.clone(), checked, peer)
+                self.ask_and_keep(cache, key.clone(), keys, flight.asked_at, checked, peer)
             })
             .await
             .clone();
@@ -370,6 +480,19 @@ mod tests {
             Reply::Failure(_)
         ));
         assert_eq!(cached.inner().0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn touches_make_older_answers_stale_and_are_forgotten_in_time() {
+        let touches = Touches::default();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let before = touches.now();
+        assert!(touches.fresh(&[a], before));
+        touches.touch(&[a]);
+        assert!(!touches.fresh(&[a], before));
+        assert!(touches.fresh(&[b], before), "b was not touched");
+        assert!(touches.fresh(&[], before));
+        assert!(touches.fresh(&[a], touches.now()), "asked after the touch");
     }
 
     /// Answers after `delay`, counting the calls.

@@ -55,7 +55,7 @@ pub mod relay;
 pub mod retry;
 pub mod work;
 
-pub use checked::CheckedRequest;
+pub use checked::{CheckedRequest, LedgerKey, UNCACHED_FIELD};
 pub use policy::{
     AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT, DEFAULT_MAX_OFFSET,
 };

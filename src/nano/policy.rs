@@ -51,6 +51,10 @@
 //!    `--offset` in the loop), so the offset is work as much as the count is; it is
 //!    refused rather than lowered because a lower offset would answer with other
 //!    entries than the ones asked for.
+//! 10. A top-level `uncached` (`"true"`, `true`, `"false"` or `false`; anything else is
+//!     `invalid_request`) is removed and noted in the [`CheckedRequest`]: it asks the
+//!     worker for an answer from the node rather than from its cache
+//!     (`docs/protocol.md` §4.2), and means nothing to the node, which must not see it.
 //!
 //! Limits no rule here can set, because the node's work does not follow from the request:
 //! `delegators` walks the ledger's accounts until it has found `count` delegators of the
@@ -59,7 +63,7 @@
 //! receivable entry of the account before applying `count`; and a `threshold` skips
 //! entries below it without counting them.
 //!
-//! When rules 5 to 8 change nothing, the caller's bytes are forwarded unchanged, byte for
+//! When rules 5 to 8 and 10 change nothing, the caller's bytes are forwarded unchanged, byte for
 //! byte. Otherwise the body is serialized anew (keys may come out in another order).
 //!
 //! [`READ_ONLY_ACTIONS`]: super::actions::READ_ONLY_ACTIONS
@@ -74,7 +78,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 use super::actions::{OPT_IN_ACTIONS, READ_ONLY_ACTIONS};
-use super::checked::CheckedRequest;
+use super::checked::{CheckedRequest, UNCACHED_FIELD};
 use crate::frame::{ErrorCode, WireError};
 
 /// Default cap on a request's `count`, in items.
@@ -283,15 +287,16 @@ impl Policy {
     /// parses the body again.
     ///
     /// The rules are listed in the [module documentation](self). The bytes to post are
-    /// `body` itself, unchanged, unless `account_filter` was removed or `count` capped or
-    /// added.
+    /// `body` itself, unchanged, unless `account_filter` or `uncached` was removed or
+    /// `count` capped or added.
     ///
     /// Errors with a [`Refusal`]: [`ErrorCode::InvalidRequest`] when the body is not a
     /// JSON object, repeats a key, lacks a string `action`, has an array (or an
     /// iterated object) over the cap, a `count` or `offset` that is not an integer, an
     /// `offset` over the cap, or would need a rewrite that could alter one of its
     /// numbers; [`ErrorCode::ActionNotAllowed`] when the action is not on the
-    /// allowlist or is `process` with `force`.
+    /// allowlist or is `process` with `force`; [`ErrorCode::InvalidRequest`] also for
+    /// an `uncached` that is neither true nor false.
     pub fn check(&self, body: &[u8]) -> Result<CheckedRequest, Refusal> {
         let Parsed {
             mut request,
@@ -343,15 +348,22 @@ impl Policy {
             }
             None => {}
         }
+        let uncached = match request.remove(UNCACHED_FIELD) {
+            None => false,
+            Some(flag) => {
+                changed = true;
+                read_uncached(&flag)?
+            }
+        };
         if !changed {
             let body = Bytes::copy_from_slice(body);
-            return Ok(CheckedRequest::new(action, body, request));
+            return Ok(CheckedRequest::new(action, body, request, uncached));
         }
         if inexact_number {
             return Err(Refusal::invalid(
                 "request body holds a JSON number that is not an exact integer and could \
-                 change when the relay rewrites the body (count cap, account_filter); \
-                 send numbers as strings, as the Nano RPC does",
+                 change when the relay rewrites the body (count cap, account_filter, \
+                 uncached); send numbers as strings, as the Nano RPC does",
             ));
         }
         let request = Value::Object(request);
@@ -362,7 +374,7 @@ impl Policy {
         let Value::Object(request) = request else {
             unreachable!("made as an object above")
         };
-        Ok(CheckedRequest::new(action, body.into(), request))
+        Ok(CheckedRequest::new(action, body.into(), request, uncached))
     }
 
     /// "read-only allowlist", plus the opted-in actions if any.
@@ -420,6 +432,18 @@ fn longest_container(value: &Value, objects: bool) -> Option<(usize, &'static st
         _ => return None,
     };
     own.max(inner)
+}
+
+/// Reads the `uncached` flag (rule 10): `true`, `"true"`, `false` or `"false"`.
+fn read_uncached(flag: &Value) -> Result<bool, Refusal> {
+    match flag {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        _ => Err(Refusal::invalid(format!(
+            "{UNCACHED_FIELD:?} must be \"true\" or \"false\""
+        ))),
+    }
 }
 
 /// Refuses an `offset` that the node would read as more than `max` (rule 9), read as
@@ -1127,6 +1151,34 @@ mod tests {
             json!({ "action": "accounts_balances", "accounts": {"a": "1", "b": "2", "c": "3"} })
                 .to_string();
         assert_eq!(posted(&policy, three.as_bytes()).unwrap(), three.as_bytes());
+    }
+
+    #[test]
+    fn uncached_is_noted_and_never_posted() {
+        let policy = Policy::read_only();
+        for (flag, uncached) in [
+            (json!("true"), true),
+            (json!(true), true),
+            (json!("false"), false),
+            (json!(false), false),
+        ] {
+            let body = json!({ "action": "account_info", "account": ACCOUNT, "uncached": flag });
+            let checked = policy.check(body.to_string().as_bytes()).unwrap();
+            assert_eq!(checked.uncached(), uncached, "{flag}");
+            let sent: Value = serde_json::from_slice(checked.body()).unwrap();
+            assert_eq!(
+                sent,
+                json!({ "action": "account_info", "account": ACCOUNT })
+            );
+        }
+        let plain = policy.check(br#"{"action":"block_count"}"#).unwrap();
+        assert!(!plain.uncached());
+        for flag in [json!("yes"), json!(1), json!(null)] {
+            let body = json!({ "action": "block_count", "uncached": flag }).to_string();
+            let r = refusal(&policy, &body);
+            assert_eq!(r.code, ErrorCode::InvalidRequest, "{flag}");
+            assert!(r.message.contains("uncached"), "{}", r.message);
+        }
     }
 
     #[test]
