@@ -3,18 +3,25 @@
 //! Per request: [`Policy::check`] first (a refused request never reaches the node; in the
 //! worker's stack the cache layer checks, once, and hands the [`CheckedRequest`] on), then
 //! one HTTP/1.1 `POST /` to the node with `content-type: application/json` and the checked
-//! body, through one shared connection pool. The node's status and body come back as a
+//! body, through one shared pool of kept-alive connections (hyper's client; the node's
+//! URI is parsed once, when the relay is made). The node's status and body come back as a
 //! [`Reply::Answer`], whatever they are: nano-node reports errors as HTTP 200 with
 //! `{"error": "..."}`, RsNano some as HTTP 422 with plain text, and the caller sees either
 //! exactly as the node sent it.
 
-use std::error::Error as _;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::CONTENT_TYPE;
-use reqwest::{Client, Url};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use reqwest::Url;
 
 use super::checked::CheckedRequest;
 use super::policy::Policy;
@@ -103,8 +110,16 @@ impl Default for NanoRelayConfig {
 /// it posts a request that was checked already.
 #[derive(Debug, Clone)]
 pub struct NanoRelay {
-    client: Client,
-    endpoint: Url,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`NanoRelay`] share.
+#[derive(Debug)]
+struct Shared {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// `endpoint`, parsed once for every request.
+    uri: Uri,
+    endpoint: String,
     policy: Policy,
     timeout: Duration,
     max_answer_bytes: usize,
@@ -131,9 +146,6 @@ pub enum NanoRelayError {
         /// Its scheme.
         scheme: String,
     },
-    /// The HTTP client could not be built (for example, no system resolver).
-    #[error("could not build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
 /// Why [`NanoRelay::probe`] found no working node.
@@ -199,36 +211,45 @@ impl NanoRelay {
     /// Makes a relay from `config`; nothing is sent until the first request.
     ///
     /// Errors with [`NanoRelayError::InvalidUrl`] or [`NanoRelayError::UnsupportedScheme`]
-    /// for a `node_url` that is not `http://host[:port]`, and [`NanoRelayError::Client`]
-    /// when the HTTP client cannot be built.
+    /// for a `node_url` that is not `http://host[:port]`.
+    ///
+    /// Needs no runtime; requests must be sent from within a tokio runtime, on which the
+    /// connection pool spawns its connection tasks.
     pub fn new(config: NanoRelayConfig) -> Result<Self, NanoRelayError> {
         let endpoint = endpoint(&config.node_url)?;
-        let client = Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            // The node is addressed directly: no proxy from the environment, and no
-            // redirect that could lead a request to another path or host.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(NanoRelayError::Client)?;
+        let uri: Uri = endpoint
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| NanoRelayError::InvalidUrl {
+                url: config.node_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_nodelay(true);
+        // The node is addressed directly: no proxy from the environment, and hyper's
+        // client follows no redirect that could lead a request to another path or host.
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
-            client,
-            endpoint,
-            policy: config.policy,
-            timeout: config.timeout,
-            max_answer_bytes: config.max_answer_bytes,
+            shared: Arc::new(Shared {
+                client,
+                uri,
+                endpoint: endpoint.to_string(),
+                policy: config.policy,
+                timeout: config.timeout,
+                max_answer_bytes: config.max_answer_bytes,
+            }),
         })
     }
 
     /// The URL requests are posted to: the configured scheme, host and port, path `/`.
     pub fn node_url(&self) -> &str {
-        self.endpoint.as_str()
+        &self.shared.endpoint
     }
 
     /// The policy requests are checked against.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.shared.policy
     }
 
     /// Asks the node for `{"action":"version"}`, bypassing the policy, to learn whether
@@ -239,8 +260,8 @@ impl NanoRelay {
     /// [`ProbeError::NotANode`] when the answer is not a Nano node's answer to `version`
     /// (a status other than 200, not a JSON object, or `{"error": ...}`).
     pub async fn probe(&self) -> Result<NodeVersion, ProbeError> {
-        let url = self.endpoint.to_string();
-        let (status, body) = match self.post(VERSION_REQUEST.to_vec()).await {
+        let url = self.shared.endpoint.clone();
+        let (status, body) = match self.post(Bytes::from_static(VERSION_REQUEST)).await {
             Ok(answer) => answer,
             Err(ForwardError::Unreachable(reason)) | Err(ForwardError::Broken(reason)) => {
                 return Err(ProbeError::Unreachable { url, reason })
@@ -248,13 +269,13 @@ impl NanoRelay {
             Err(ForwardError::Timeout) => {
                 return Err(ProbeError::Timeout {
                     url,
-                    timeout: self.timeout,
+                    timeout: self.shared.timeout,
                 })
             }
             Err(ForwardError::TooLarge) => {
                 return Err(ProbeError::NotANode {
                     url,
-                    reason: format!("an answer over {} bytes", self.max_answer_bytes),
+                    reason: format!("an answer over {} bytes", self.shared.max_answer_bytes),
                 })
             }
         };
@@ -279,36 +300,54 @@ impl NanoRelay {
         })
     }
 
-    /// One `POST /` with `body`; the node's status and its whole body, read up to the cap.
-    async fn post(&self, body: Vec<u8>) -> Result<(u16, Vec<u8>), ForwardError> {
-        let mut response = self
-            .client
-            .post(self.endpoint.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(ForwardError::from_reqwest)?;
-        let status = response.status().as_u16();
-        let limit = self.max_answer_bytes;
-        let announced = response.content_length().map(usize::try_from);
-        let mut answer = match announced {
-            Some(Ok(len)) if len <= limit => Vec::with_capacity(len),
-            Some(_) => return Err(ForwardError::TooLarge),
-            None => Vec::new(),
-        };
-        while let Some(chunk) = response.chunk().await.map_err(ForwardError::from_reqwest)? {
-            if chunk.len() > limit - answer.len() {
-                return Err(ForwardError::TooLarge);
+    /// One `POST /` with `body`; the node's status and its whole body, read up to the cap,
+    /// all within the relay's timeout.
+    async fn post(&self, body: Bytes) -> Result<(u16, Vec<u8>), ForwardError> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.shared.uri.clone();
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let exchange = async {
+            let response = self
+                .shared
+                .client
+                .request(request)
+                .await
+                .map_err(ForwardError::from_client)?;
+            let status = response.status().as_u16();
+            let limit = self.shared.max_answer_bytes;
+            let announced = response
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut answer = match announced {
+                Some(len) if len <= limit as u64 => Vec::with_capacity(len as usize),
+                Some(_) => return Err(ForwardError::TooLarge),
+                None => Vec::new(),
+            };
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ForwardError::Broken(causes(&e)))?;
+                if let Ok(chunk) = frame.into_data() {
+                    if chunk.len() > limit - answer.len() {
+                        return Err(ForwardError::TooLarge);
+                    }
+                    answer.extend_from_slice(&chunk);
+                }
             }
-            answer.extend_from_slice(&chunk);
-        }
-        Ok((status, answer))
+            Ok((status, answer))
+        };
+        tokio::time::timeout(self.shared.timeout, exchange)
+            .await
+            .unwrap_or(Err(ForwardError::Timeout))
     }
 
     /// Posts a request the stack's policy checked already (the [`Forward`] of a relay).
     pub async fn forward(&self, request: CheckedRequest, peer: SocketAddr) -> Reply {
-        match self.post(request.body().to_vec()).await {
+        match self.post(request.body().clone()).await {
             Ok((status, body)) => Reply::Answer { status, body },
             Err(error) => {
                 let error = self.wire_error(error);
@@ -320,7 +359,7 @@ impl NanoRelay {
 
     /// The wire error a caller gets for `error`.
     fn wire_error(&self, error: ForwardError) -> WireError {
-        let url = &self.endpoint;
+        let url = &self.shared.endpoint;
         match error {
             ForwardError::Unreachable(reason) => WireError::new(
                 ErrorCode::UpstreamUnreachable,
@@ -334,14 +373,14 @@ impl NanoRelay {
                 ErrorCode::UpstreamTimeout,
                 format!(
                     "Nano node at {url} did not answer within {:?}",
-                    self.timeout
+                    self.shared.timeout
                 ),
             ),
             ForwardError::TooLarge => WireError::new(
                 ErrorCode::Internal,
                 format!(
                     "the Nano node's answer is larger than this relay's limit of {} bytes",
-                    self.max_answer_bytes
+                    self.shared.max_answer_bytes
                 ),
             ),
         }
@@ -350,7 +389,7 @@ impl NanoRelay {
 
 impl Handler for NanoRelay {
     async fn handle(&self, request: Request) -> Reply {
-        match self.policy.check(&request.body) {
+        match self.shared.policy.check(&request.body) {
             Ok(checked) => self.forward(checked, request.peer).await,
             Err(refusal) => {
                 tracing::debug!(peer = %request.peer, %refusal, "nano relay refused a request");
@@ -371,19 +410,17 @@ impl Forward for NanoRelay {
 }
 
 impl ForwardError {
-    fn from_reqwest(error: reqwest::Error) -> Self {
+    fn from_client(error: hyper_util::client::legacy::Error) -> Self {
         if error.is_connect() {
             Self::Unreachable(causes(&error))
-        } else if error.is_timeout() {
-            Self::Timeout
         } else {
             Self::Broken(causes(&error))
         }
     }
 }
 
-/// The causes of a reqwest error, joined by ": " (its own line repeats the URL).
-fn causes(error: &reqwest::Error) -> String {
+/// The causes of an error, joined by ": " (the error itself when it has none).
+fn causes(error: &dyn std::error::Error) -> String {
     let mut parts = Vec::new();
     let mut source = error.source();
     while let Some(cause) = source {
