@@ -91,8 +91,9 @@ impl CheckedRequest {
     /// The request's canonical JSON: object keys sorted, no white space. Two requests
     /// with the same key ask the node the same thing.
     pub fn cache_key(&self) -> String {
-        // serde_json's map is ordered by key (no `preserve_order`), so this is canonical.
-        Value::Object(self.request.clone()).to_string()
+        // serde_json's map is ordered by key (no `preserve_order`), so this is canonical;
+        // serializing a map of strings and JSON values cannot fail.
+        serde_json::to_string(&self.request).unwrap_or_default()
     }
 
     /// The ledger entries a read names: every account or 32-byte hash among the request's
