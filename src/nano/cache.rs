@@ -124,7 +124,9 @@ pub fn cache_key(service: &str, body: &[u8]) -> Option<(String, String)> {
 /// longer make a cached answer stale, and is forgotten.
 const LONGEST_LEDGER_TTL: Duration = Duration::from_secs(60);
 
-/// How many touched entries [`Touches`] holds before it forgets the old ones.
+/// How many touched entries [`Touches`] holds before it first forgets the old ones; after
+/// a sweep, the next comes when the map has doubled, so that sweeping stays a constant
+/// cost per touch however many entries are recent.
 const TOUCHES_SWEEP_AT: usize = 4096;
 
 #[derive(Clone)]
@@ -154,7 +156,22 @@ struct Touches {
     clock: AtomicU64,
     /// The clock at the latest touch (0: none yet), read without the lock.
     latest: AtomicU64,
-    touched: Mutex<HashMap<LedgerKey, (u64, Instant)>>,
+    touched: Mutex<Touched>,
+}
+
+/// The touched entries (with their tick and time) and the size at which to sweep next.
+struct Touched {
+    at: HashMap<LedgerKey, (u64, Instant)>,
+    sweep_at: usize,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self {
+            at: HashMap::new(),
+            sweep_at: TOUCHES_SWEEP_AT,
+        }
+    }
 }
 
 impl Touches {
@@ -163,7 +180,7 @@ impl Touches {
         self.clock.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<LedgerKey, (u64, Instant)>> {
+    fn lock(&self) -> MutexGuard<'_, Touched> {
         self.touched
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -177,11 +194,14 @@ impl Touches {
         let now = Instant::now();
         let mut touched = self.lock();
         let tick = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-        if touched.len() >= TOUCHES_SWEEP_AT {
-            touched.retain(|_, (_, at)| now.duration_since(*at) <= LONGEST_LEDGER_TTL);
+        if touched.at.len() >= touched.sweep_at {
+            touched
+                .at
+                .retain(|_, (_, at)| now.duration_since(*at) <= LONGEST_LEDGER_TTL);
+            touched.sweep_at = (2 * touched.at.len()).max(TOUCHES_SWEEP_AT);
         }
         for key in keys {
-            touched.insert(*key, (tick, now));
+            touched.at.insert(*key, (tick, now));
         }
         self.latest.store(tick, Ordering::SeqCst);
     }
@@ -192,8 +212,12 @@ impl Touches {
             return true;
         }
         let touched = self.lock();
-        keys.iter()
-            .all(|key| touched.get(key).is_none_or(|(tick, _)| *tick <= asked_at))
+        keys.iter().all(|key| {
+            touched
+                .at
+                .get(key)
+                .is_none_or(|(tick, _)| *tick <= asked_at)
+        })
     }
 }
 
@@ -493,6 +517,28 @@ mod tests {
         assert!(touches.fresh(&[b], before), "b was not touched");
         assert!(touches.fresh(&[], before));
         assert!(touches.fresh(&[a], touches.now()), "asked after the touch");
+    }
+
+    #[test]
+    fn touches_sweep_only_what_no_cached_answer_can_need() {
+        let touches = Touches::default();
+        let old = Instant::now()
+            .checked_sub(LONGEST_LEDGER_TTL + Duration::from_secs(1))
+            .expect("an instant a minute ago");
+        {
+            let mut touched = touches.lock();
+            for i in 0..TOUCHES_SWEEP_AT as u32 {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&i.to_be_bytes());
+                touched.at.insert(key, (0, old));
+            }
+        }
+        let recent = [9u8; 32];
+        touches.touch(&[recent]);
+        let touched = touches.lock();
+        assert_eq!(touched.at.len(), 1, "the old touches are gone");
+        assert!(touched.at.contains_key(&recent));
+        assert_eq!(touched.sweep_at, TOUCHES_SWEEP_AT);
     }
 
     /// Answers after `delay`, counting the calls.
