@@ -361,11 +361,14 @@ impl<H: Forward> Handler for Cached<H> {
         let touched = checked.touched_keys();
         if !touched.is_empty() {
             // Before (so that nothing cached is served while it is on its way) and after
-            // (so that no read that began before the node's answer is kept or served).
+            // (so that no read that began before the node's answer is kept or served),
+            // also when this request is dropped on the way: the node may have the block.
             self.touches.touch(&touched);
-            let reply = self.ask(checked, peer).await;
-            self.touches.touch(&touched);
-            return reply;
+            let _after = TouchOnDrop {
+                touches: &self.touches,
+                keys: &touched,
+            };
+            return self.ask(checked, peer).await;
         }
         if ttl(checked.action(), &Value::Null).is_none() {
             return self.ask(checked, peer).await;
@@ -426,6 +429,18 @@ impl<H: Forward> Handler for Cached<H> {
             self.hit(peer, &action);
         }
         reply
+    }
+}
+
+/// Touches `keys` when dropped: after a `process` was answered, or dropped on its way.
+struct TouchOnDrop<'a> {
+    touches: &'a Touches,
+    keys: &'a [LedgerKey],
+}
+
+impl Drop for TouchOnDrop<'_> {
+    fn drop(&mut self) {
+        self.touches.touch(self.keys);
     }
 }
 
@@ -607,6 +622,34 @@ mod tests {
         // Now cached.
         cached.handle(request(body)).await;
         assert_eq!(cached.inner().calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_process_dropped_on_its_way_still_touches_after() {
+        let slow = Slow {
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_secs(5),
+        };
+        let mut policy = Policy::read_only();
+        policy.allow("process").expect("opt-in");
+        let cached = Arc::new(Cached::new(slow, policy, 100, None));
+        let body = serde_json::json!({
+            "action": "process",
+            "block": { "account": "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo" },
+        })
+        .to_string();
+        let task = {
+            let cached = cached.clone();
+            tokio::spawn(async move { cached.handle(request(&body)).await })
+        };
+        wait_for("the process to be sent", || {
+            cached.inner().calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(cached.touches.latest.load(Ordering::SeqCst), 1, "before");
+        task.abort();
+        assert!(task.await.is_err(), "aborted");
+        assert_eq!(cached.touches.latest.load(Ordering::SeqCst), 2, "after");
     }
 
     #[test]
