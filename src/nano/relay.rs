@@ -20,7 +20,7 @@ use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::Url;
 
 use super::checked::CheckedRequest;
@@ -229,7 +229,11 @@ impl NanoRelay {
         connector.set_nodelay(true);
         // The node is addressed directly: no proxy from the environment, and hyper's
         // client follows no redirect that could lead a request to another path or host.
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        // The timer lets the pool close connections idle for longer than its idle
+        // timeout (90 s), as reqwest's pool did.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
