@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -119,6 +119,9 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     /// `endpoint`, parsed once for every request.
     uri: Uri,
+    /// The `host` header of every request, made once (hyper's client would format it
+    /// from `uri` for each request otherwise).
+    host: HeaderValue,
     endpoint: String,
     policy: Policy,
     timeout: Duration,
@@ -224,6 +227,10 @@ impl NanoRelay {
                 url: config.node_url.clone(),
                 reason: e.to_string(),
             })?;
+        let host = host_header(&uri).map_err(|reason| NanoRelayError::InvalidUrl {
+            url: config.node_url.clone(),
+            reason,
+        })?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
@@ -238,6 +245,7 @@ impl NanoRelay {
             shared: Arc::new(Shared {
                 client,
                 uri,
+                host,
                 endpoint: endpoint.to_string(),
                 policy: config.policy,
                 timeout: config.timeout,
@@ -310,9 +318,9 @@ impl NanoRelay {
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.shared.uri.clone();
-        request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.shared.host.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let exchange = async {
             let response = self
                 .shared
@@ -444,6 +452,17 @@ fn excerpt(body: &[u8]) -> String {
     head.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The `host` header for `uri`, as hyper's client writes it: the authority, without the
+/// port when it is http's default, 80.
+fn host_header(uri: &Uri) -> Result<HeaderValue, String> {
+    let authority = uri.authority().ok_or("no host")?;
+    let host = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).map_err(|e| e.to_string())
+}
+
 /// `node_url` reduced to scheme, host and port, with path `/`.
 fn endpoint(node_url: &str) -> Result<Url, NanoRelayError> {
     let invalid = |reason: String| NanoRelayError::InvalidUrl {
@@ -494,6 +513,19 @@ mod tests {
             ("http://localhost", "http://localhost/"),
         ] {
             assert_eq!(endpoint(given).unwrap().as_str(), used, "{given}");
+        }
+    }
+
+    #[test]
+    fn the_host_header_is_the_authority_without_port_80() {
+        for (url, host) in [
+            ("http://127.0.0.1:7076/", "127.0.0.1:7076"),
+            ("http://node.example:80/", "node.example"),
+            ("http://[::1]:45000/", "[::1]:45000"),
+            ("http://localhost/", "localhost"),
+        ] {
+            let uri: Uri = url.parse().expect("URI");
+            assert_eq!(host_header(&uri).expect("host"), host, "{url}");
         }
     }
 
