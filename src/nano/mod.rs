@@ -40,7 +40,7 @@
 //! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O), which give a
 //!   [`CheckedRequest`] ([`checked`]): the request read once, for every later layer.
 //! - [`relay`]: [`NanoRelay`], the [`Handler`](crate::service::Handler) that posts to the
-//!   node.
+//!   node, over kept-alive HTTP/1.1 connections (`pool`).
 //! - [`cache`]: [`cache::Cached`], the response cache keyed on action and parameters.
 //! - [`config`]: the worker's TOML configuration file.
 //! - [`work`]: [`work::WorkRouted`], `work_generate` to a separate work server.
@@ -51,6 +51,7 @@ pub mod cache;
 pub mod checked;
 pub mod config;
 pub mod policy;
+mod pool;
 pub mod relay;
 pub mod retry;
 pub mod work;

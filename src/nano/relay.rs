@@ -3,8 +3,9 @@
 //! Per request: [`Policy::check`] first (a refused request never reaches the node; in the
 //! worker's stack the cache layer checks, once, and hands the [`CheckedRequest`] on), then
 //! one HTTP/1.1 `POST /` to the node with `content-type: application/json` and the checked
-//! body, through one shared pool of kept-alive connections (hyper's client; the node's
-//! URI is parsed once, when the relay is made). The node's status and body come back as a
+//! body, through one shared pool of kept-alive connections ([`super::pool`], hyper's
+//! HTTP/1.1 client; the node's address and `host` header are worked out once, when the
+//! relay is made). The node's status and body come back as a
 //! [`Reply::Answer`], whatever they are: nano-node reports errors as HTTP 200 with
 //! `{"error": "..."}`, RsNano some as HTTP 422 with plain text, and the caller sees either
 //! exactly as the node sent it.
@@ -18,13 +19,11 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::Url;
 
 use super::checked::CheckedRequest;
 use super::policy::Policy;
+use super::pool::NodeConnections;
 use crate::frame::{ErrorCode, WireError};
 use crate::service::{Handler, Reply, Request};
 
@@ -116,11 +115,8 @@ pub struct NanoRelay {
 /// What the clones of one [`NanoRelay`] share.
 #[derive(Debug)]
 struct Shared {
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// `endpoint`, parsed once for every request.
-    uri: Uri,
-    /// The `host` header of every request, made once (hyper's client would format it
-    /// from `uri` for each request otherwise).
+    connections: NodeConnections,
+    /// The `host` header of every request, made once.
     host: HeaderValue,
     endpoint: String,
     policy: Policy,
@@ -216,8 +212,8 @@ impl NanoRelay {
     /// Errors with [`NanoRelayError::InvalidUrl`] or [`NanoRelayError::UnsupportedScheme`]
     /// for a `node_url` that is not `http://host[:port]`.
     ///
-    /// Needs no runtime; requests must be sent from within a tokio runtime, on which the
-    /// connection pool spawns its connection tasks.
+    /// Needs no runtime; requests must be sent from within a tokio runtime, on which each
+    /// new connection to the node spawns its task.
     pub fn new(config: NanoRelayConfig) -> Result<Self, NanoRelayError> {
         let endpoint = endpoint(&config.node_url)?;
         let uri: Uri = endpoint
@@ -231,20 +227,16 @@ impl NanoRelay {
             url: config.node_url.clone(),
             reason,
         })?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
-        connector.set_nodelay(true);
-        // The node is addressed directly: no proxy from the environment, and hyper's
-        // client follows no redirect that could lead a request to another path or host.
-        // The timer lets the pool close connections idle for longer than its idle
-        // timeout (90 s), as reqwest's pool did.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let port = uri.port_u16().unwrap_or(80);
+        let name = uri.host().unwrap_or_default();
+        // An IPv6 address comes bracketed in a URI, and without brackets to connect().
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
-                uri,
+                connections: NodeConnections::new(name, port),
                 host,
                 endpoint: endpoint.to_string(),
                 policy: config.policy,
@@ -317,17 +309,41 @@ impl NanoRelay {
     async fn post(&self, body: Bytes) -> Result<(u16, Vec<u8>), ForwardError> {
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.shared.uri.clone();
+        // Origin form: the path only, on a connection to the node's host and port.
+        *request.uri_mut() = Uri::from_static("/");
         let headers = request.headers_mut();
         headers.insert(HOST, self.shared.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let connections = &self.shared.connections;
         let exchange = async {
-            let response = self
-                .shared
-                .client
-                .request(request)
-                .await
-                .map_err(ForwardError::from_client)?;
+            let (mut connection, mut reused) = match connections.reuse().await {
+                Some(connection) => (connection, true),
+                None => (
+                    connections
+                        .open()
+                        .await
+                        .map_err(ForwardError::Unreachable)?,
+                    false,
+                ),
+            };
+            let response = loop {
+                match connection.try_send_request(request).await {
+                    Ok(response) => break response,
+                    Err(mut error) => match error.take_message() {
+                        // The node closed a kept-alive connection before the request
+                        // went out on it: once more, on a new connection.
+                        Some(unsent) if reused => {
+                            request = unsent;
+                            reused = false;
+                            connection = connections
+                                .open()
+                                .await
+                                .map_err(ForwardError::Unreachable)?;
+                        }
+                        _ => return Err(ForwardError::Broken(causes(&error.into_error()))),
+                    },
+                }
+            };
             let status = response.status().as_u16();
             let limit = self.shared.max_answer_bytes;
             let announced = response
@@ -350,6 +366,8 @@ impl NanoRelay {
                     answer.extend_from_slice(&chunk);
                 }
             }
+            // Read to the end: the connection can take the next request.
+            connections.put_back(connection);
             Ok((status, answer))
         };
         tokio::time::timeout(self.shared.timeout, exchange)
@@ -421,29 +439,15 @@ impl Forward for NanoRelay {
     }
 }
 
-impl ForwardError {
-    fn from_client(error: hyper_util::client::legacy::Error) -> Self {
-        if error.is_connect() {
-            Self::Unreachable(causes(&error))
-        } else {
-            Self::Broken(causes(&error))
-        }
-    }
-}
-
-/// The causes of an error, joined by ": " (the error itself when it has none).
+/// The error and its causes, joined by ": ".
 fn causes(error: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
+    let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {
         parts.push(cause.to_string());
         source = cause.source();
     }
-    if parts.is_empty() {
-        error.to_string()
-    } else {
-        parts.join(": ")
-    }
+    parts.join(": ")
 }
 
 /// The first 200 bytes of a body, as lossy UTF-8 on one line.
@@ -503,6 +507,116 @@ fn endpoint(node_url: &str) -> Result<Url, NanoRelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A minimal HTTP/1.1 node on loopback that answers every POST with `{}` and counts
+    /// the connections it accepted; with `close_after` it closes each connection after
+    /// that many answers (as a node whose keep-alive limit is reached).
+    async fn counting_node(close_after: Option<usize>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut answered = 0;
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        // One request: head, then content-length bytes of body.
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() < end + 4 + length {
+                                break;
+                            }
+                            buffer.drain(..end + 4 + length);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            answered += 1;
+                            if close_after == Some(answered) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn relay_to(url: &str) -> NanoRelay {
+        NanoRelay::new(NanoRelayConfig {
+            node_url: url.to_string(),
+            timeout: Duration::from_secs(5),
+            ..NanoRelayConfig::default()
+        })
+        .expect("relay")
+    }
+
+    #[tokio::test]
+    async fn kept_alive_connections_are_reused() {
+        let (url, accepted) = counting_node(None).await;
+        let relay = relay_to(&url);
+        for _ in 0..20 {
+            assert_eq!(
+                relay
+                    .post(Bytes::from_static(b"{}"))
+                    .await
+                    .expect("answer")
+                    .0,
+                200
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for 20 in a row"
+        );
+        let many: Vec<_> = (0..8)
+            .map(|_| relay.post(Bytes::from_static(b"{}")))
+            .collect();
+        for answer in futures::future::join_all(many).await {
+            assert_eq!(answer.expect("answer").0, 200);
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&opened),
+            "{opened} connections for 8 at once"
+        );
+        for _ in 0..20 {
+            relay.post(Bytes::from_static(b"{}")).await.expect("answer");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened, "the 8 were kept");
+    }
+
+    /// A node that closes each connection after one answer: every request still gets its
+    /// answer, on a new connection, never a broken exchange.
+    #[tokio::test]
+    async fn a_connection_the_node_closed_is_replaced() {
+        let (url, accepted) = counting_node(Some(1)).await;
+        let relay = relay_to(&url);
+        for i in 0..20 {
+            let answer = relay.post(Bytes::from_static(b"{}")).await;
+            assert!(matches!(answer, Ok((200, _))), "request {i}: {answer:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
 
     #[test]
     fn endpoint_keeps_scheme_host_and_port_only() {
