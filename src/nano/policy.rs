@@ -40,7 +40,8 @@
 //!    `count_impl ()`, which refuses a request without one, and `delegators` with
 //!    `count_optional_impl (1024)`, a bound of its own. (RsNano's `rust/rpc_messages`
 //!    has the same defaults, except that it requires a count in `receivable` and
-//!    `accounts_receivable`: the added cap changes nothing there.)
+//!    `accounts_receivable`: there the added cap turns its refusal into an answer of at
+//!    most the cap.)
 //! 8. `accounts_receivable` reads `count` *per account* (its loop over `accounts` starts
 //!    a fresh `peers_l.size () < count` for each), so its cap is shared out: at most
 //!    `max(1, max_count / accounts)` each, and the answer holds at most about
