@@ -1,13 +1,15 @@
-//! Relay policy micro benchmarks: `Policy::check` on typical Nano RPC requests
-//! (`cargo bench --bench policy`).
+//! Relay policy micro benchmarks: `Policy::check` on typical Nano RPC requests, and the
+//! cache's key and ledger keys taken from its `CheckedRequest` (`cargo bench --bench
+//! policy`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nano_connect::nano::Policy;
 
 /// Typical requests: a bare action, an account query, a history page (its `count` is
 /// within the cap, so nothing is rewritten), one that needs a rewrite (`count` over the
-/// cap), and one refused by the allowlist.
-const REQUESTS: [(&str, &str); 5] = [
+/// cap), one that gets the cap added (`receivable` without a count), and one refused by
+/// the allowlist.
+const REQUESTS: [(&str, &str); 6] = [
     ("block_count", r#"{"action":"block_count"}"#),
     (
         "account_balance",
@@ -20,6 +22,10 @@ const REQUESTS: [(&str, &str); 5] = [
     (
         "account_history_capped",
         r#"{"action":"account_history","account":"nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo","count":"100000000"}"#,
+    ),
+    (
+        "receivable_without_count",
+        r#"{"action":"receivable","account":"nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo"}"#,
     ),
     (
         "refused_wallet_export",
@@ -40,5 +46,19 @@ fn check(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, check);
+/// What the cache does with a checked read on top of the check: its key (canonical
+/// JSON) and the ledger entries it names.
+fn cache_keys(c: &mut Criterion) {
+    let policy = Policy::read_only();
+    let mut group = c.benchmark_group("cache_keys");
+    for (name, body) in &REQUESTS[..3] {
+        let checked = policy.check(body.as_bytes()).expect("allowed");
+        group.bench_with_input(BenchmarkId::from_parameter(name), &checked, |b, checked| {
+            b.iter(|| (checked.cache_key(), checked.ledger_keys()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, check, cache_keys);
 criterion_main!(benches);

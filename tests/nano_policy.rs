@@ -545,3 +545,124 @@ fn bad_node_urls_are_configuration_errors() {
         Err(NanoRelayError::InvalidUrl { .. })
     ));
 }
+
+/// nano-node reads a missing `count` as `u64::MAX` in `receivable` (and its alias
+/// `pending`), `accounts_receivable` and `representatives` (`count_optional_impl ()`
+/// in `nano/node/json_handler.cpp`): the relay must add its cap before the node sees
+/// the request. `accounts_receivable` reads `count` per account, so its cap is shared
+/// out over the accounts.
+#[tokio::test]
+async fn a_missing_count_reaches_the_node_as_the_cap() {
+    let stub = NanoStub::start(Mode::NanoNode).await;
+    let relay = relay(&stub.url());
+    for action in ["receivable", "pending"] {
+        answer(ask(&relay, &json!({ "action": action, "account": ACCOUNT })).await);
+    }
+    answer(ask(&relay, &json!({ "action": "representatives" })).await);
+    let accounts: Vec<&str> = std::iter::repeat_n(ACCOUNT, 500).collect();
+    answer(
+        ask(
+            &relay,
+            &json!({ "action": "accounts_receivable", "accounts": accounts }),
+        )
+        .await,
+    );
+    answer(
+        ask(
+            &relay,
+            &json!({ "action": "accounts_receivable", "accounts": [ACCOUNT, ACCOUNT_2], "count": "1000" }),
+        )
+        .await,
+    );
+    let counts: Vec<(String, Value)> = stub
+        .received()
+        .iter()
+        .map(|r| {
+            let sent = r.json().expect("JSON");
+            (
+                sent["action"].as_str().unwrap_or("?").to_string(),
+                sent["count"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("receivable".to_string(), json!("1000")),
+            ("pending".to_string(), json!("1000")),
+            ("representatives".to_string(), json!("1000")),
+            ("accounts_receivable".to_string(), json!("2")),
+            ("accounts_receivable".to_string(), json!("500")),
+        ]
+    );
+}
+
+/// nano-node skips `offset` entries one ledger read at a time (`offset_optional_impl`
+/// in `receivable`, `account_history`, `chain`), and `std::stoull` wraps `"-1"` to
+/// 2^64 - 1: a large offset is work the relay does not offer, refused before the node.
+#[tokio::test]
+async fn a_huge_offset_never_reaches_the_node() {
+    let stub = NanoStub::start(Mode::NanoNode).await;
+    let relay = relay(&stub.url());
+    for offset in [
+        json!("18446744073709551615"),
+        json!("-1"),
+        json!(u64::MAX),
+        json!("1000001"),
+    ] {
+        for body in [
+            json!({ "action": "account_history", "account": ACCOUNT, "count": "10", "offset": offset }),
+            json!({ "action": "receivable", "account": ACCOUNT, "count": "10", "offset": offset }),
+            json!({ "action": "chain", "block": "8D8EDA98311516859B5DCDF05A268CDB2DBDC7D6E703943E1B544B1369FBE081", "count": "10", "offset": offset }),
+        ] {
+            let error = failure(ask(&relay, &body).await);
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{body}");
+            assert!(error.message.contains("\"offset\""), "{}", error.message);
+        }
+    }
+    assert!(stub.received().is_empty(), "{:?}", stub.actions_received());
+    // An offset within the cap goes through as it is.
+    let body = r#"{"action":"account_history","account":"x","count":"10","offset":"20"}"#;
+    answer(relay.handle(request(body)).await);
+    assert_eq!(stub.received()[0].body, body.as_bytes());
+}
+
+/// nano-node iterates `accounts` and `hashes` with `get_child`, which walks an object's
+/// members as it walks an array's entries: an object is capped like an array.
+#[tokio::test]
+async fn objects_over_the_array_cap_never_reach_the_node() {
+    let stub = NanoStub::start(Mode::NanoNode).await;
+    let relay = relay(&stub.url());
+    let accounts: serde_json::Map<String, Value> = (0..850)
+        .map(|i| (i.to_string(), Value::from(ACCOUNT)))
+        .collect();
+    let hashes: serde_json::Map<String, Value> = (0..850)
+        .map(|i| {
+            (
+                i.to_string(),
+                Value::from("8D8EDA98311516859B5DCDF05A268CDB2DBDC7D6E703943E1B544B1369FBE081"),
+            )
+        })
+        .collect();
+    for (body, key) in [
+        (
+            json!({ "action": "accounts_balances", "accounts": accounts }),
+            "accounts",
+        ),
+        (
+            json!({ "action": "blocks_info", "hashes": hashes }),
+            "hashes",
+        ),
+    ] {
+        let error = failure(ask(&relay, &body).await);
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(
+            error
+                .message
+                .starts_with(&format!("\"{key}\" holds an object of 850 entries")),
+            "{}",
+            error.message
+        );
+    }
+    assert!(stub.received().is_empty(), "{:?}", stub.actions_received());
+}

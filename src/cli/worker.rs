@@ -115,6 +115,10 @@ pub struct WorkerArgs {
     /// Cap on the length of a request's arrays (accounts, hashes) [default: 500].
     #[arg(long, value_name = "N")]
     max_array_len: Option<usize>,
+    /// Largest "offset" a paging request may ask for; a larger one is refused
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_offset: Option<u64>,
     /// Largest request frame, bytes [default: 65536].
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -342,6 +346,9 @@ fn nano_settings(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Result<NanoSer
     }
     if let Some(len) = args.max_array_len {
         relay.policy.set_max_array_len(len);
+    }
+    if let Some(offset) = args.max_offset {
+        relay.policy.set_max_offset(offset);
     }
     if args.work_server.is_some() {
         config.work_server = args.work_server.clone();

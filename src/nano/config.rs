@@ -16,10 +16,11 @@
 //! allow = ["process", "block_confirm"] # opt-ins beyond the read-only allowlist
 //! max_count = 1000                     # cap on "count"
 //! max_array_len = 500                  # cap on array lengths (accounts, hashes)
+//! max_offset = 10000                   # cap on "offset" (larger is refused)
 //!
 //! [limits]
 //! max_request_bytes = 65536            # largest request frame
-//! max_concurrent_streams = 256         # requests in flight per QUIC connection
+//! max_concurrent_streams = 100         # requests in flight per QUIC connection
 //! rate_per_second = 20                 # per client IP; absent: no rate limit
 //! burst = 40                           # requests at once (default: 2 x rate)
 //!
@@ -31,12 +32,15 @@
 //! ```
 //!
 //! The handler a worker runs is [`NanoService`]: metrics outermost (every reply counted),
-//! then the rate limit (a refused client costs nothing more), then the cache, then the
-//! relay to the node (or to the work server for `work_generate`):
+//! then the rate limit (a refused client costs nothing more), then the policy check and
+//! the cache, then the relay to the node (or to the work server for `work_generate`). The
+//! request's JSON is parsed once, by the policy in `Cached`; the layers after it take the
+//! [`CheckedRequest`](super::CheckedRequest):
 //!
 //! ```text
-//! Metered ─▶ RateLimited ─▶ Cached ─▶ WorkRouted ─┬─▶ NanoRelay (node)
-//!                                                  └─▶ NanoRelay (work server)
+//!         Request                     Request                    CheckedRequest
+//! Metered ───────▶ RateLimited ───────▶ Cached ───────────▶ WorkRouted ─┬─▶ NanoRelay (node)
+//!                                   (Policy::check)                     └─▶ NanoRelay (work server)
 //! ```
 
 use std::net::SocketAddr;
@@ -94,6 +98,8 @@ pub struct PolicySection {
     pub max_count: Option<u64>,
     /// Cap on the length of a request's arrays.
     pub max_array_len: Option<usize>,
+    /// Cap on a request's `offset`, in entries skipped.
+    pub max_offset: Option<u64>,
 }
 
 /// `[limits]`.
@@ -225,6 +231,9 @@ impl NanoServiceConfig {
         if let Some(len) = file.policy.max_array_len {
             relay.policy.set_max_array_len(len);
         }
+        if let Some(offset) = file.policy.max_offset {
+            relay.policy.set_max_offset(offset);
+        }
         config.work_server = file.node.work_server.clone();
         config.rate_limit = rate_limit(file.limits.rate_per_second, file.limits.burst)?;
         if let Some(entries) = file.cache.max_entries {
@@ -256,23 +265,23 @@ pub fn build(
     config: NanoServiceConfig,
     metrics: Arc<WorkerMetrics>,
 ) -> Result<NanoService, ConfigError> {
+    // One check for the whole stack (in `Cached`): with a work server, work_generate is
+    // allowed and routed there.
+    let mut policy = config.relay.policy.clone();
     let work = match &config.work_server {
         Some(url) => {
-            let mut policy = config.relay.policy.clone();
             policy.allow(WORK_ACTION)?;
             Some(NanoRelay::new(NanoRelayConfig {
                 node_url: url.clone(),
-                policy,
+                policy: policy.clone(),
                 ..config.relay.clone()
             })?)
         }
         None => None,
     };
-    let policy = config.relay.policy.clone();
     let node = NanoRelay::new(config.relay)?;
     let routed = WorkRouted::new(node, work);
-    let cached =
-        Cached::new(routed, config.cache_entries, Some(metrics.clone())).with_policy(policy);
+    let cached = Cached::new(routed, policy, config.cache_entries, Some(metrics.clone()));
     Ok(Metered::new(
         RateLimited::new(cached, config.rate_limit),
         metrics,
@@ -300,6 +309,59 @@ mod tests {
         assert!(config.relay.policy.is_allowed("process"));
         assert_eq!(config.relay.policy.max_count(), 1000);
         assert!(config.rate_limit.is_some());
+    }
+
+    /// The example says each field's default in the comment above it ("Default N."):
+    /// those must be the defaults the code applies.
+    #[test]
+    fn the_example_file_states_the_real_defaults() {
+        use crate::defaults::{DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_REQUEST_BYTES};
+        use crate::nano::{DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_COUNT, DEFAULT_NODE_TIMEOUT};
+        let text = include_str!("../../examples/worker.toml");
+        let stated = |field: &str| -> u64 {
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| {
+                    l.trim_start_matches("# ")
+                        .starts_with(&format!("{field} ="))
+                })
+                .unwrap_or_else(|| panic!("{field} is not in the example"));
+            let comment = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with('#'))
+                .find_map(|l| l.split("Default ").nth(1))
+                .unwrap_or_else(|| panic!("no \"Default\" above {field}"));
+            comment
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{field}: no number in {comment:?}"))
+        };
+        assert_eq!(
+            stated("max_concurrent_streams"),
+            u64::from(DEFAULT_MAX_CONCURRENT_STREAMS)
+        );
+        assert_eq!(
+            stated("max_request_bytes"),
+            DEFAULT_MAX_REQUEST_BYTES as u64
+        );
+        assert_eq!(stated("max_count"), DEFAULT_MAX_COUNT);
+        assert_eq!(stated("max_offset"), crate::nano::DEFAULT_MAX_OFFSET);
+        assert_eq!(
+            stated("max_array_len"),
+            crate::nano::DEFAULT_MAX_ARRAY_LEN as u64
+        );
+        assert_eq!(
+            stated("timeout_ms"),
+            DEFAULT_NODE_TIMEOUT.as_millis() as u64
+        );
+        assert_eq!(stated("max_answer_bytes"), DEFAULT_MAX_ANSWER_BYTES as u64);
+        assert_eq!(
+            stated("max_entries"),
+            super::super::cache::DEFAULT_CACHE_ENTRIES
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //!   with [`Policy::allow`]. Every other action, and any unknown one, is refused with
 //!   `action_not_allowed` and never reaches the node.
 //! - **Arguments.** `process` never with `force`; `count` capped (default
-//!   [`DEFAULT_MAX_COUNT`]); arrays capped (default [`DEFAULT_MAX_ARRAY_LEN`]);
+//!   [`DEFAULT_MAX_COUNT`]), and added where the node would read its absence as "all";
+//!   `offset` capped (default [`DEFAULT_MAX_OFFSET`]); arrays, and the objects the node
+//!   iterates like arrays, capped (default [`DEFAULT_MAX_ARRAY_LEN`]);
 //!   `account_filter` removed; repeated keys refused, since the node and the relay would
 //!   read different values. [`policy`] gives the details and reasons.
 //! - **Path `/` only, no caller headers.** nano-node skips its control check for POSTs to
@@ -35,9 +37,10 @@
 //! # Layout
 //!
 //! - [`actions`]: the action lists, each with its source (pure data).
-//! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O).
+//! - [`policy`]: [`Policy`], the checks on a request body (pure, no I/O), which give a
+//!   [`CheckedRequest`] ([`checked`]): the request read once, for every later layer.
 //! - [`relay`]: [`NanoRelay`], the [`Handler`](crate::service::Handler) that posts to the
-//!   node.
+//!   node, over kept-alive HTTP/1.1 connections (`pool`).
 //! - [`cache`]: [`cache::Cached`], the response cache keyed on action and parameters.
 //! - [`config`]: the worker's TOML configuration file.
 //! - [`work`]: [`work::WorkRouted`], `work_generate` to a separate work server.
@@ -45,13 +48,18 @@
 
 pub mod actions;
 pub mod cache;
+pub mod checked;
 pub mod config;
 pub mod policy;
+mod pool;
 pub mod relay;
 pub mod retry;
 pub mod work;
 
-pub use policy::{AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT};
+pub use checked::{CheckedRequest, LedgerKey, UNCACHED_FIELD};
+pub use policy::{
+    AllowError, Policy, Refusal, DEFAULT_MAX_ARRAY_LEN, DEFAULT_MAX_COUNT, DEFAULT_MAX_OFFSET,
+};
 pub use relay::{
     NanoRelay, NanoRelayConfig, NanoRelayError, NodeVersion, ProbeError, DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_NODE_TIMEOUT,

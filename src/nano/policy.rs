@@ -1,7 +1,8 @@
 //! The relay policy: which Nano RPC requests a relay forwards, and in what form (sans-IO).
 //!
 //! [`Policy::check`] takes the request body a caller sent and either refuses it with a
-//! [`Refusal`] or returns the bytes to post to the node. It owns no socket and reads no
+//! [`Refusal`] or returns a [`CheckedRequest`]: the action, the bytes to post to the node
+//! and the request they encode, read once for every later layer. It owns no socket and reads no
 //! clock. The rules, in the order they are applied:
 //!
 //! 1. The body is one JSON object (RFC 8259) in which no object repeats a key. nano-node
@@ -16,7 +17,13 @@
 //!    `"0"`): a forced `process` makes the node replace a block it already has
 //!    (<https://docs.nano.org/commands/rpc-protocol/#process>).
 //! 4. No array anywhere in the body holds more than [`Policy::max_array_len`] entries
-//!    (`accounts`, `hashes`, ...): the node's work grows with them.
+//!    (`accounts`, `hashes`, ...): the node's work grows with them. Under the keys that
+//!    nano-node iterates with boost's `get_child` ([`ITERATED_KEYS`]: `accounts` in
+//!    `accounts_balances`, `accounts_frontiers`, `accounts_receivable`,
+//!    `accounts_representatives` and `representatives_online`, `hashes` in `blocks` and
+//!    `blocks_info`), an *object* is capped the same way: `get_child` walks an object's
+//!    members exactly as it walks an array's entries, so `{"accounts": {"a": "nano_..",
+//!    "b": ...}}` costs the node as much as the array would.
 //! 5. A top-level `account_filter` is removed: it makes `receivable` and
 //!    `accounts_receivable` scan for the listed senders, work a relay does not offer.
 //! 6. `count` is capped at [`Policy::max_count`]. The Nano RPC sends numbers as strings
@@ -24,8 +31,42 @@
 //!    leading white space, takes a sign and wraps negatives (`"-1"` is 2^64 − 1, "all").
 //!    Any count the node would read as more than the cap, or would read differently from
 //!    plain digits, is rewritten to plain digits no larger than the cap.
+//! 7. A *missing* `count` is added as the cap (as a string) where the node would read its
+//!    absence as "all" ([`UNBOUNDED_WITHOUT_COUNT`]): nano-node's `receivable` (and its
+//!    alias `pending`), `accounts_receivable` and `representatives` read `count` with
+//!    `count_optional_impl ()`, whose default is `std::numeric_limits<uint64_t>::max ()`
+//!    (`nano/node/json_handler.hpp`). The other allowlisted actions that read a count
+//!    need no addition: `account_history`, `chain` and `successors` read it with
+//!    `count_impl ()`, which refuses a request without one, and `delegators` with
+//!    `count_optional_impl (1024)`, a bound of its own. (RsNano's `rust/rpc_messages`
+//!    has the same defaults, except that it requires a count in `receivable` and
+//!    `accounts_receivable`: there the added cap turns its refusal into an answer of at
+//!    most the cap.)
+//! 8. `accounts_receivable` reads `count` *per account* (its loop over `accounts` starts
+//!    a fresh `peers_l.size () < count` for each), so its cap is shared out: at most
+//!    `max(1, max_count / accounts)` each, and the answer holds at most about
+//!    [`Policy::max_count`] entries in all, as any other capped answer does.
+//! 9. `offset` is at most [`Policy::max_offset`] in the actions that read it
+//!    ([`OFFSET_ACTIONS`]: `account_history`, `chain`, `successors`, `receivable`,
+//!    `pending`), read as rule 6 reads `count`; a larger one (`"-1"` and
+//!    `"18446744073709551615"` included) is refused with `invalid_request`. nano-node
+//!    skips offset entries one ledger read at a time (`offset_optional_impl`, then
+//!    `--offset` in the loop), so the offset is work as much as the count is; it is
+//!    refused rather than lowered because a lower offset would answer with other
+//!    entries than the ones asked for.
+//! 10. A top-level `uncached` (`"true"`, `true`, `"false"` or `false`; anything else is
+//!     `invalid_request`) is removed and noted in the [`CheckedRequest`]: it asks the
+//!     worker for an answer from the node rather than from its cache
+//!     (`docs/protocol.md` §4.2), and means nothing to the node, which must not see it.
 //!
-//! When rules 5 and 6 change nothing, the caller's bytes are forwarded unchanged, byte for
+//! Limits no rule here can set, because the node's work does not follow from the request:
+//! `delegators` walks the ledger's accounts until it has found `count` delegators of the
+//! representative (a representative with few delegators costs a walk of every account);
+//! `receivable` with `sorting` and a `threshold`, `source` or `min_version` collects every
+//! receivable entry of the account before applying `count`; and a `threshold` skips
+//! entries below it without counting them.
+//!
+//! When rules 5 to 8 and 10 change nothing, the caller's bytes are forwarded unchanged, byte for
 //! byte. Otherwise the body is serialized anew (keys may come out in another order).
 //!
 //! [`READ_ONLY_ACTIONS`]: super::actions::READ_ONLY_ACTIONS
@@ -35,10 +76,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::actions::{OPT_IN_ACTIONS, READ_ONLY_ACTIONS};
+use super::checked::{CheckedRequest, UNCACHED_FIELD};
 use crate::protocol::frame::{ErrorCode, WireError};
 
 /// Default cap on a request's `count`, in items.
@@ -54,6 +97,38 @@ pub const DEFAULT_MAX_COUNT: u64 = 1000;
 /// cap is reached before the frame limit by a request that means it.
 pub const DEFAULT_MAX_ARRAY_LEN: usize = 500;
 
+/// Default cap on a request's `offset`, in entries skipped.
+///
+/// The node reads one ledger entry per entry it skips, as it does per entry it returns:
+/// ten pages of [`DEFAULT_MAX_COUNT`] entries. A wallet that pages further can page from
+/// where its last page ended (`head` in `account_history`, `block` in `chain`).
+pub const DEFAULT_MAX_OFFSET: u64 = 10 * DEFAULT_MAX_COUNT;
+
+/// The keys whose value nano-node iterates with boost's `get_child` (`accounts`: in
+/// `accounts_balances`, `accounts_frontiers`, `accounts_receivable`,
+/// `accounts_representatives`, `representatives_online`; `hashes`: in `blocks`,
+/// `blocks_info`), where an object's members count as entries (rule 4).
+pub const ITERATED_KEYS: &[&str] = &["accounts", "hashes"];
+
+/// Allowlisted actions whose `count` nano-node reads with `count_optional_impl ()`,
+/// defaulting to `u64::MAX` ("all"): a request without a count gets the cap (rule 7).
+pub const UNBOUNDED_WITHOUT_COUNT: &[&str] = &[
+    "accounts_receivable",
+    "pending",
+    "receivable",
+    "representatives",
+];
+
+/// Allowlisted actions that read `offset` (nano-node's `offset_optional_impl`), which
+/// is capped at [`Policy::max_offset`] (rule 9).
+pub const OFFSET_ACTIONS: &[&str] = &[
+    "account_history",
+    "chain",
+    "pending",
+    "receivable",
+    "successors",
+];
+
 /// Longest part of a caller's text (an action name, a key) quoted back in a refusal.
 const MAX_QUOTED_CHARS: usize = 64;
 
@@ -66,6 +141,7 @@ pub struct Policy {
     allowed: BTreeSet<String>,
     max_count: u64,
     max_array_len: usize,
+    max_offset: u64,
 }
 
 /// Why [`Policy::check`] refused a request: the code and message a worker answers with.
@@ -122,13 +198,15 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The default policy: [`READ_ONLY_ACTIONS`],
-    /// `count` capped at [`DEFAULT_MAX_COUNT`], arrays at [`DEFAULT_MAX_ARRAY_LEN`].
+    /// The default policy: [`READ_ONLY_ACTIONS`], `count` capped at
+    /// [`DEFAULT_MAX_COUNT`], arrays at [`DEFAULT_MAX_ARRAY_LEN`], `offset` at
+    /// [`DEFAULT_MAX_OFFSET`].
     pub fn read_only() -> Self {
         Self {
             allowed: READ_ONLY_ACTIONS.iter().map(|a| a.to_string()).collect(),
             max_count: DEFAULT_MAX_COUNT,
             max_array_len: DEFAULT_MAX_ARRAY_LEN,
+            max_offset: DEFAULT_MAX_OFFSET,
         }
     }
 
@@ -181,17 +259,48 @@ impl Policy {
         self
     }
 
-    /// Checks one request body and returns the bytes to post to the node.
+    /// The cap on a request's `offset`, in entries skipped.
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset
+    }
+
+    /// Sets the cap on a request's `offset`, in entries skipped (0: no offset but 0).
+    pub fn set_max_offset(&mut self, offset: u64) -> &mut Self {
+        self.max_offset = offset;
+        self
+    }
+
+    /// The cap on `count` for a request of `action`: [`Policy::max_count`], shared out
+    /// over the accounts of an `accounts_receivable` (rule 8).
+    fn count_cap(&self, action: &str, request: &Map<String, Value>) -> u64 {
+        if action != "accounts_receivable" {
+            return self.max_count;
+        }
+        let accounts = match request.get("accounts") {
+            Some(Value::Array(items)) => items.len(),
+            Some(Value::Object(members)) => members.len(),
+            _ => 1,
+        };
+        let accounts = u64::try_from(accounts).unwrap_or(u64::MAX).max(1);
+        (self.max_count / accounts).max(1)
+    }
+
+    /// Checks one request body and returns it as a [`CheckedRequest`]: its action, the
+    /// bytes to post to the node and the request they encode, so that no later layer
+    /// parses the body again.
     ///
-    /// The rules are listed in the [module documentation](self). The returned bytes are
-    /// `body` itself, unchanged, unless `account_filter` was removed or `count` capped.
+    /// The rules are listed in the [module documentation](self). The bytes to post are
+    /// `body` itself, unchanged, unless `account_filter` or `uncached` was removed or
+    /// `count` capped or added.
     ///
     /// Errors with a [`Refusal`]: [`ErrorCode::InvalidRequest`] when the body is not a
-    /// JSON object, repeats a key, lacks a string `action`, has an array over the cap, a
-    /// `count` that is not an integer, or would need a rewrite that could alter one of
-    /// its numbers; [`ErrorCode::ActionNotAllowed`] when the action is not on the
-    /// allowlist or is `process` with `force`.
-    pub fn check(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+    /// JSON object, repeats a key, lacks a string `action`, has an array (or an
+    /// iterated object) over the cap, a `count` or `offset` that is not an integer, an
+    /// `offset` over the cap, or would need a rewrite that could alter one of its
+    /// numbers; [`ErrorCode::ActionNotAllowed`] when the action is not on the
+    /// allowlist or is `process` with `force`; [`ErrorCode::InvalidRequest`] also for
+    /// an `uncached` that is neither true nor false.
+    pub fn check(&self, body: &[u8]) -> Result<CheckedRequest, Refusal> {
         let Parsed {
             mut request,
             inexact_number,
@@ -215,33 +324,60 @@ impl Policy {
             ));
         }
         for (key, value) in &request {
-            if let Some(len) = longest_array(value).filter(|&len| len > self.max_array_len) {
+            let objects = ITERATED_KEYS.contains(&key.as_str());
+            if let Some((len, kind)) =
+                longest_container(value, objects).filter(|&(len, _)| len > self.max_array_len)
+            {
                 return Err(Refusal::invalid(format!(
-                    "{} holds an array of {len} entries; this relay accepts at most {}",
+                    "{} holds {kind} of {len} entries; this relay accepts at most {}",
                     quoted(key),
                     self.max_array_len
                 )));
             }
         }
+        if OFFSET_ACTIONS.contains(&action.as_str()) {
+            if let Some(offset) = request.get("offset") {
+                check_offset(offset, self.max_offset)?;
+            }
+        }
 
         let mut changed = request.remove("account_filter").is_some();
-        if let Some(count) = request.get_mut("count") {
-            changed |= cap_count(count, self.max_count)?;
+        let count_cap = self.count_cap(&action, &request);
+        match request.get_mut("count") {
+            Some(count) => changed |= cap_count(count, count_cap)?,
+            None if UNBOUNDED_WITHOUT_COUNT.contains(&action.as_str()) => {
+                request.insert("count".to_string(), Value::String(count_cap.to_string()));
+                changed = true;
+            }
+            None => {}
         }
+        let uncached = match request.remove(UNCACHED_FIELD) {
+            None => false,
+            Some(flag) => {
+                changed = true;
+                read_uncached(&flag)?
+            }
+        };
         if !changed {
-            return Ok(body.to_vec());
+            let body = Bytes::copy_from_slice(body);
+            return Ok(CheckedRequest::new(action, body, request, uncached));
         }
         if inexact_number {
             return Err(Refusal::invalid(
                 "request body holds a JSON number that is not an exact integer and could \
-                 change when the relay rewrites the body (count cap, account_filter); send \
-                 numbers as strings, as the Nano RPC does",
+                 change when the relay rewrites the body (count cap, account_filter, \
+                 uncached); send numbers as strings, as the Nano RPC does",
             ));
         }
-        serde_json::to_vec(&Value::Object(request)).map_err(|e| Refusal {
+        let request = Value::Object(request);
+        let body = serde_json::to_vec(&request).map_err(|e| Refusal {
             code: ErrorCode::Internal,
             message: format!("could not serialize the rewritten request: {e}"),
-        })
+        })?;
+        let Value::Object(request) = request else {
+            unreachable!("made as an object above")
+        };
+        Ok(CheckedRequest::new(action, body.into(), request, uncached))
     }
 
     /// "read-only allowlist", plus the opted-in actions if any.
@@ -279,16 +415,63 @@ fn is_false(value: &Value) -> bool {
     }
 }
 
-/// The length of the longest array in `value`, at any depth.
-fn longest_array(value: &Value) -> Option<usize> {
-    match value {
-        Value::Array(items) => {
-            let inner = items.iter().filter_map(longest_array).max();
-            Some(inner.map_or(items.len(), |i| i.max(items.len())))
-        }
-        Value::Object(map) => map.values().filter_map(longest_array).max(),
-        _ => None,
+/// The longest container in `value`, at any depth, and its kind ("an array" or "an
+/// object"): arrays always, objects only when `objects` (rule 4).
+fn longest_container(value: &Value, objects: bool) -> Option<(usize, &'static str)> {
+    let (own, inner) = match value {
+        Value::Array(items) => (
+            Some((items.len(), "an array")),
+            items
+                .iter()
+                .filter_map(|v| longest_container(v, objects))
+                .max(),
+        ),
+        Value::Object(map) => (
+            objects.then_some((map.len(), "an object")),
+            map.values()
+                .filter_map(|v| longest_container(v, objects))
+                .max(),
+        ),
+        _ => return None,
+    };
+    own.max(inner)
+}
+
+/// Reads the `uncached` flag (rule 10): `true`, `"true"`, `false` or `"false"`.
+fn read_uncached(flag: &Value) -> Result<bool, Refusal> {
+    match flag {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        _ => Err(Refusal::invalid(format!(
+            "{UNCACHED_FIELD:?} must be \"true\" or \"false\""
+        ))),
     }
+}
+
+/// Refuses an `offset` that the node would read as more than `max` (rule 9), read as
+/// [`read_count_text`] reads a count.
+fn check_offset(offset: &Value, max: u64) -> Result<(), Refusal> {
+    let not_integer = || Refusal::invalid("\"offset\" must be a decimal integer, as a string");
+    let value = match offset {
+        Value::String(text) => read_count_text(text).ok_or_else(not_integer)?.value,
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(value), _) => value,
+            // Negative, which the node wraps to a huge number.
+            (None, Some(_)) => u64::MAX,
+            (None, None) => return Err(not_integer()),
+        },
+        _ => return Err(not_integer()),
+    };
+    if value > max {
+        return Err(Refusal::invalid(format!(
+            "\"offset\" {} is over this relay's limit of {max} entries skipped; page on \
+             from where the last page ended instead (\"head\" in account_history, \
+             \"block\" in chain)",
+            quoted(&offset.to_string())
+        )));
+    }
+    Ok(())
 }
 
 /// Caps `count` at `max` in place; returns whether it changed.
@@ -486,9 +669,16 @@ mod tests {
     const ACCOUNT: &str = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
 
     fn check(policy: &Policy, body: &str) -> Result<Value, Refusal> {
-        policy
-            .check(body.as_bytes())
-            .map(|out| serde_json::from_slice(&out).expect("forwarded body is JSON"))
+        policy.check(body.as_bytes()).map(|out| {
+            let posted: Value = serde_json::from_slice(out.body()).expect("forwarded body is JSON");
+            assert_eq!(posted, Value::Object(out.request().clone()), "{body}");
+            posted
+        })
+    }
+
+    /// The bytes `policy` would post for `body`.
+    fn posted(policy: &Policy, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+        policy.check(body).map(|out| out.body().to_vec())
     }
 
     fn refusal(policy: &Policy, body: &str) -> Refusal {
@@ -504,7 +694,7 @@ mod tests {
             r#"{"count":"1000","action":"chain","block":"AB"}"#,
             r#"{"action":"version","x":1.5e300}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -529,7 +719,7 @@ mod tests {
             );
         }
         // Invalid UTF-8 inside a string.
-        let r = policy.check(b"{\"action\":\"ver\xffsion\"}").unwrap_err();
+        let r = posted(&policy, b"{\"action\":\"ver\xffsion\"}").unwrap_err();
         assert_eq!(r.code, ErrorCode::InvalidRequest);
     }
 
@@ -667,7 +857,7 @@ mod tests {
         for force in [json!(false), json!("false"), json!("0"), json!(0)] {
             let body = json!({ "action": "process", "force": force, "block": "{}" }).to_string();
             assert_eq!(
-                policy.check(body.as_bytes()).unwrap(),
+                posted(&policy, body.as_bytes()).unwrap(),
                 body.as_bytes(),
                 "{force}"
             );
@@ -679,7 +869,7 @@ mod tests {
         let mut policy = Policy::read_only();
         policy.set_max_array_len(3);
         let ok = json!({ "action": "accounts_balances", "accounts": ["a", "b", "c"] }).to_string();
-        assert_eq!(policy.check(ok.as_bytes()).unwrap(), ok.as_bytes());
+        assert_eq!(posted(&policy, ok.as_bytes()).unwrap(), ok.as_bytes());
         for (body, key) in [
             (
                 json!({ "action": "accounts_balances", "accounts": ["a", "b", "c", "d"] }),
@@ -776,7 +966,7 @@ mod tests {
             r#"{"action":"chain","count":"0"}"#,
             r#"{"action":"chain","count":7}"#,
         ] {
-            assert_eq!(policy.check(body.as_bytes()).unwrap(), body.as_bytes());
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
         }
     }
 
@@ -810,11 +1000,188 @@ mod tests {
         let r = refusal(&policy, body);
         assert_eq!(r.code, ErrorCode::InvalidRequest);
         assert!(r.message.contains("as strings"), "{}", r.message);
-        // Integers within 64 bits survive a rewrite exactly.
-        let body = r#"{"action":"chain","count":"5000","offset":18446744073709551615,"x":-9}"#;
+        // Integers within 64 bits survive a rewrite exactly (the offset of an action
+        // that reads one is capped by rule 9, hence another key here).
+        let body = r#"{"action":"chain","count":"5000","y":18446744073709551615,"x":-9}"#;
         let out = check(&policy, body).unwrap();
-        assert_eq!(out["offset"], json!(u64::MAX));
+        assert_eq!(out["y"], json!(u64::MAX));
         assert_eq!(out["x"], json!(-9));
+    }
+
+    #[test]
+    fn a_missing_count_is_added_where_the_node_reads_it_as_all() {
+        let mut policy = Policy::read_only();
+        policy.set_max_count(100);
+        for action in [
+            "receivable",
+            "pending",
+            "representatives",
+            "accounts_receivable",
+        ] {
+            let body = json!({ "action": action, "account": ACCOUNT }).to_string();
+            assert_eq!(check(&policy, &body).unwrap()["count"], "100", "{action}");
+        }
+        // count_impl () refuses a missing count; delegators defaults to 1024 itself.
+        for body in [
+            r#"{"action":"account_history","account":"x"}"#,
+            r#"{"action":"chain","block":"AB"}"#,
+            r#"{"action":"successors","block":"AB"}"#,
+            r#"{"action":"delegators","account":"x"}"#,
+            r#"{"action":"block_count"}"#,
+        ] {
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn accounts_receivable_shares_its_count_over_the_accounts() {
+        let policy = Policy::read_only();
+        let accounts = |n: usize| vec![ACCOUNT; n];
+        let count_of = |body: Value| check(&policy, &body.to_string()).unwrap()["count"].clone();
+        let cases = [
+            (
+                json!({ "action": "accounts_receivable", "accounts": accounts(500) }),
+                "2",
+            ),
+            (
+                json!({ "action": "accounts_receivable", "accounts": accounts(3), "count": "400" }),
+                "333",
+            ),
+            (
+                json!({ "action": "accounts_receivable", "accounts": accounts(2), "count": "-1" }),
+                "500",
+            ),
+            (
+                json!({ "action": "accounts_receivable", "accounts": accounts(1) }),
+                "1000",
+            ),
+            // More accounts than the cap: one each.
+            (
+                json!({ "action": "accounts_receivable", "accounts": accounts(500), "count": "1" }),
+                "1",
+            ),
+        ];
+        for (body, count) in cases {
+            assert_eq!(count_of(body.clone()), count, "{body}");
+        }
+        let mut small = Policy::read_only();
+        small.set_max_count(10);
+        let body = json!({ "action": "accounts_receivable", "accounts": accounts(40) }).to_string();
+        assert_eq!(check(&small, &body).unwrap()["count"], "1");
+        let body =
+            json!({ "action": "accounts_receivable", "accounts": {"a": ACCOUNT, "b": ACCOUNT} });
+        assert_eq!(check(&small, &body.to_string()).unwrap()["count"], "5");
+        // Within the share: byte for byte.
+        let body =
+            json!({ "action": "accounts_receivable", "accounts": accounts(2), "count": "5" })
+                .to_string();
+        assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
+    }
+
+    #[test]
+    fn offset_over_the_cap_is_refused_in_the_actions_that_read_it() {
+        let mut policy = Policy::read_only();
+        policy.set_max_offset(50);
+        for offset in [
+            json!("51"),
+            json!("-1"),
+            json!("18446744073709551615"),
+            json!("99999999999999999999999"),
+            json!(51),
+            json!(-1),
+            json!(u64::MAX),
+        ] {
+            for action in OFFSET_ACTIONS {
+                let body = json!({ "action": action, "count": "1", "offset": offset }).to_string();
+                let r = refusal(&policy, &body);
+                assert_eq!(r.code, ErrorCode::InvalidRequest, "{body}");
+                assert!(r.message.contains("limit of 50"), "{}", r.message);
+            }
+        }
+        for offset in [
+            json!("ten"),
+            json!("1.5"),
+            json!(1.5),
+            json!(null),
+            json!([1]),
+        ] {
+            let body = json!({ "action": "chain", "count": "1", "offset": offset }).to_string();
+            let r = refusal(&policy, &body);
+            assert!(r.message.starts_with("\"offset\" must be"), "{}", r.message);
+        }
+        for body in [
+            r#"{"action":"chain","count":"1","offset":"50"}"#,
+            r#"{"action":"chain","count":"1","offset":" 7"}"#,
+            r#"{"action":"account_history","count":"1","offset":0}"#,
+            // Actions that do not read an offset do not care.
+            r#"{"action":"version","offset":"-1"}"#,
+        ] {
+            assert_eq!(posted(&policy, body.as_bytes()).unwrap(), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn iterated_objects_are_capped_like_arrays() {
+        let mut policy = Policy::read_only();
+        policy.set_max_array_len(3);
+        let four = json!({"a": "1", "b": "2", "c": "3", "d": "4"});
+        for (body, key) in [
+            (
+                json!({ "action": "accounts_balances", "accounts": four }),
+                "accounts",
+            ),
+            (json!({ "action": "blocks_info", "hashes": four }), "hashes"),
+            (
+                json!({ "action": "accounts_frontiers", "accounts": {"x": four} }),
+                "accounts",
+            ),
+        ] {
+            let r = refusal(&policy, &body.to_string());
+            assert_eq!(r.code, ErrorCode::InvalidRequest);
+            assert!(
+                r.message
+                    .starts_with(&format!("\"{key}\" holds an object of 4 entries")),
+                "{}",
+                r.message
+            );
+        }
+        // Objects the node reads by name (a block's fields) are not entries.
+        let mut process = Policy::read_only();
+        process.allow("process").unwrap().set_max_array_len(3);
+        let body = json!({ "action": "process", "json_block": "true", "block": four }).to_string();
+        assert_eq!(posted(&process, body.as_bytes()).unwrap(), body.as_bytes());
+        let three =
+            json!({ "action": "accounts_balances", "accounts": {"a": "1", "b": "2", "c": "3"} })
+                .to_string();
+        assert_eq!(posted(&policy, three.as_bytes()).unwrap(), three.as_bytes());
+    }
+
+    #[test]
+    fn uncached_is_noted_and_never_posted() {
+        let policy = Policy::read_only();
+        for (flag, uncached) in [
+            (json!("true"), true),
+            (json!(true), true),
+            (json!("false"), false),
+            (json!(false), false),
+        ] {
+            let body = json!({ "action": "account_info", "account": ACCOUNT, "uncached": flag });
+            let checked = policy.check(body.to_string().as_bytes()).unwrap();
+            assert_eq!(checked.uncached(), uncached, "{flag}");
+            let sent: Value = serde_json::from_slice(checked.body()).unwrap();
+            assert_eq!(
+                sent,
+                json!({ "action": "account_info", "account": ACCOUNT })
+            );
+        }
+        let plain = policy.check(br#"{"action":"block_count"}"#).unwrap();
+        assert!(!plain.uncached());
+        for flag in [json!("yes"), json!(1), json!(null)] {
+            let body = json!({ "action": "block_count", "uncached": flag }).to_string();
+            let r = refusal(&policy, &body);
+            assert_eq!(r.code, ErrorCode::InvalidRequest, "{flag}");
+            assert!(r.message.contains("uncached"), "{}", r.message);
+        }
     }
 
     #[test]
@@ -823,7 +1190,12 @@ mod tests {
         assert_eq!(policy, Policy::read_only());
         assert_eq!(policy.max_count(), DEFAULT_MAX_COUNT);
         assert_eq!(policy.max_array_len(), DEFAULT_MAX_ARRAY_LEN);
-        policy.set_max_count(0).set_max_array_len(7);
+        assert_eq!(policy.max_offset(), DEFAULT_MAX_OFFSET);
+        policy
+            .set_max_count(0)
+            .set_max_array_len(7)
+            .set_max_offset(3);
+        assert_eq!(policy.max_offset(), 3);
         assert_eq!(policy.max_count(), 1);
         assert_eq!(policy.max_array_len(), 7);
         assert_eq!(policy.allowed().count(), READ_ONLY_ACTIONS.len());

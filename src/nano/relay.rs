@@ -1,19 +1,29 @@
 //! The relay's I/O edge: [`NanoRelay`] posts checked requests to a Nano node's HTTP RPC.
 //!
-//! Per request: [`Policy::check`] first (a refused request never reaches the node), then
+//! Per request: [`Policy::check`] first (a refused request never reaches the node; in the
+//! worker's stack the cache layer checks, once, and hands the [`CheckedRequest`] on), then
 //! one HTTP/1.1 `POST /` to the node with `content-type: application/json` and the checked
-//! body, through one shared connection pool. The node's status and body come back as a
+//! body, through one shared pool of kept-alive connections ([`super::pool`], hyper's
+//! HTTP/1.1 client; the node's address and `host` header are worked out once, when the
+//! relay is made). The node's status and body come back as a
 //! [`Reply::Answer`], whatever they are: nano-node reports errors as HTTP 200 with
 //! `{"error": "..."}`, RsNano some as HTTP 422 with plain text, and the caller sees either
 //! exactly as the node sent it.
 
-use std::error::Error as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::CONTENT_TYPE;
-use reqwest::{Client, Url};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use reqwest::Url;
 
+use super::checked::CheckedRequest;
 use super::policy::Policy;
+use super::pool::NodeConnections;
 use crate::protocol::frame::{ErrorCode, WireError};
 use crate::service::{Handler, Reply, Request};
 
@@ -31,6 +41,21 @@ pub const DEFAULT_MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// The request [`NanoRelay::probe`] sends.
 const VERSION_REQUEST: &[u8] = br#"{"action":"version"}"#;
+
+/// What a [`CheckedRequest`] goes to after the policy: a relay to one node
+/// ([`NanoRelay`]) or a router between relays ([`WorkRouted`](super::work::WorkRouted)).
+///
+/// The request is not checked again: the caller got it from the [`Policy`] of the whole
+/// stack ([`Cached`](super::cache::Cached) holds it).
+pub trait Forward: Send + Sync + 'static {
+    /// Posts `request` and answers with the node's status and body, or a failure
+    /// ([`NanoRelay`]'s table); `peer` is the caller, for the logs.
+    fn forward(
+        &self,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Reply> + Send;
+}
 
 /// How a [`NanoRelay`] reaches its node and what it lets through.
 #[derive(Debug, Clone)]
@@ -79,10 +104,21 @@ impl Default for NanoRelayConfig {
 ///
 /// It serves whatever key the server routes to it; it does not look at
 /// [`Request::key`]. Cloning is cheap and shares the connection pool.
+///
+/// As a [`Handler`] it checks each request against its own [`Policy`]; as a [`Forward`]
+/// it posts a request that was checked already.
 #[derive(Debug, Clone)]
 pub struct NanoRelay {
-    client: Client,
-    endpoint: Url,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`NanoRelay`] share.
+#[derive(Debug)]
+struct Shared {
+    connections: NodeConnections,
+    /// The `host` header of every request, made once.
+    host: HeaderValue,
+    endpoint: String,
     policy: Policy,
     timeout: Duration,
     max_answer_bytes: usize,
@@ -109,9 +145,6 @@ pub enum NanoRelayError {
         /// Its scheme.
         scheme: String,
     },
-    /// The HTTP client could not be built (for example, no system resolver).
-    #[error("could not build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
 /// Why [`NanoRelay::probe`] found no working node.
@@ -177,36 +210,50 @@ impl NanoRelay {
     /// Makes a relay from `config`; nothing is sent until the first request.
     ///
     /// Errors with [`NanoRelayError::InvalidUrl`] or [`NanoRelayError::UnsupportedScheme`]
-    /// for a `node_url` that is not `http://host[:port]`, and [`NanoRelayError::Client`]
-    /// when the HTTP client cannot be built.
+    /// for a `node_url` that is not `http://host[:port]`.
+    ///
+    /// Needs no runtime; requests must be sent from within a tokio runtime, on which each
+    /// new connection to the node spawns its task.
     pub fn new(config: NanoRelayConfig) -> Result<Self, NanoRelayError> {
         let endpoint = endpoint(&config.node_url)?;
-        let client = Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            // The node is addressed directly: no proxy from the environment, and no
-            // redirect that could lead a request to another path or host.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(NanoRelayError::Client)?;
+        let uri: Uri = endpoint
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| NanoRelayError::InvalidUrl {
+                url: config.node_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let host = host_header(&uri).map_err(|reason| NanoRelayError::InvalidUrl {
+            url: config.node_url.clone(),
+            reason,
+        })?;
+        let port = uri.port_u16().unwrap_or(80);
+        let name = uri.host().unwrap_or_default();
+        // An IPv6 address comes bracketed in a URI, and without brackets to connect().
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(Self {
-            client,
-            endpoint,
-            policy: config.policy,
-            timeout: config.timeout,
-            max_answer_bytes: config.max_answer_bytes,
+            shared: Arc::new(Shared {
+                connections: NodeConnections::new(name, port),
+                host,
+                endpoint: endpoint.to_string(),
+                policy: config.policy,
+                timeout: config.timeout,
+                max_answer_bytes: config.max_answer_bytes,
+            }),
         })
     }
 
     /// The URL requests are posted to: the configured scheme, host and port, path `/`.
     pub fn node_url(&self) -> &str {
-        self.endpoint.as_str()
+        &self.shared.endpoint
     }
 
     /// The policy requests are checked against.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.shared.policy
     }
 
     /// Asks the node for `{"action":"version"}`, bypassing the policy, to learn whether
@@ -217,8 +264,8 @@ impl NanoRelay {
     /// [`ProbeError::NotANode`] when the answer is not a Nano node's answer to `version`
     /// (a status other than 200, not a JSON object, or `{"error": ...}`).
     pub async fn probe(&self) -> Result<NodeVersion, ProbeError> {
-        let url = self.endpoint.to_string();
-        let (status, body) = match self.post(VERSION_REQUEST.to_vec()).await {
+        let url = self.shared.endpoint.clone();
+        let (status, body) = match self.post(Bytes::from_static(VERSION_REQUEST)).await {
             Ok(answer) => answer,
             Err(ForwardError::Unreachable(reason)) | Err(ForwardError::Broken(reason)) => {
                 return Err(ProbeError::Unreachable { url, reason })
@@ -226,13 +273,13 @@ impl NanoRelay {
             Err(ForwardError::Timeout) => {
                 return Err(ProbeError::Timeout {
                     url,
-                    timeout: self.timeout,
+                    timeout: self.shared.timeout,
                 })
             }
             Err(ForwardError::TooLarge) => {
                 return Err(ProbeError::NotANode {
                     url,
-                    reason: format!("an answer over {} bytes", self.max_answer_bytes),
+                    reason: format!("an answer over {} bytes", self.shared.max_answer_bytes),
                 })
             }
         };
@@ -257,36 +304,92 @@ impl NanoRelay {
         })
     }
 
-    /// One `POST /` with `body`; the node's status and its whole body, read up to the cap.
-    async fn post(&self, body: Vec<u8>) -> Result<(u16, Vec<u8>), ForwardError> {
-        let mut response = self
-            .client
-            .post(self.endpoint.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(ForwardError::from_reqwest)?;
-        let status = response.status().as_u16();
-        let limit = self.max_answer_bytes;
-        let announced = response.content_length().map(usize::try_from);
-        let mut answer = match announced {
-            Some(Ok(len)) if len <= limit => Vec::with_capacity(len),
-            Some(_) => return Err(ForwardError::TooLarge),
-            None => Vec::new(),
-        };
-        while let Some(chunk) = response.chunk().await.map_err(ForwardError::from_reqwest)? {
-            if chunk.len() > limit - answer.len() {
-                return Err(ForwardError::TooLarge);
+    /// One `POST /` with `body`; the node's status and its whole body, read up to the cap,
+    /// all within the relay's timeout.
+    async fn post(&self, body: Bytes) -> Result<(u16, Vec<u8>), ForwardError> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        // Origin form: the path only, on a connection to the node's host and port.
+        *request.uri_mut() = Uri::from_static("/");
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.shared.host.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let connections = &self.shared.connections;
+        let exchange = async {
+            let (mut connection, mut reused) = match connections.reuse().await {
+                Some(connection) => (connection, true),
+                None => (
+                    connections
+                        .open()
+                        .await
+                        .map_err(ForwardError::Unreachable)?,
+                    false,
+                ),
+            };
+            let response = loop {
+                match connection.try_send_request(request).await {
+                    Ok(response) => break response,
+                    Err(mut error) => match error.take_message() {
+                        // The node closed a kept-alive connection before the request
+                        // went out on it: once more, on a new connection.
+                        Some(unsent) if reused => {
+                            request = unsent;
+                            reused = false;
+                            connection = connections
+                                .open()
+                                .await
+                                .map_err(ForwardError::Unreachable)?;
+                        }
+                        _ => return Err(ForwardError::Broken(causes(&error.into_error()))),
+                    },
+                }
+            };
+            let status = response.status().as_u16();
+            let limit = self.shared.max_answer_bytes;
+            let announced = response
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut answer = match announced {
+                Some(len) if len <= limit as u64 => Vec::with_capacity(len as usize),
+                Some(_) => return Err(ForwardError::TooLarge),
+                None => Vec::new(),
+            };
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ForwardError::Broken(causes(&e)))?;
+                if let Ok(chunk) = frame.into_data() {
+                    if chunk.len() > limit - answer.len() {
+                        return Err(ForwardError::TooLarge);
+                    }
+                    answer.extend_from_slice(&chunk);
+                }
             }
-            answer.extend_from_slice(&chunk);
+            // Read to the end: the connection can take the next request.
+            connections.put_back(connection);
+            Ok((status, answer))
+        };
+        tokio::time::timeout(self.shared.timeout, exchange)
+            .await
+            .unwrap_or(Err(ForwardError::Timeout))
+    }
+
+    /// Posts a request the stack's policy checked already (the [`Forward`] of a relay).
+    pub async fn forward(&self, request: CheckedRequest, peer: SocketAddr) -> Reply {
+        match self.post(request.body().clone()).await {
+            Ok((status, body)) => Reply::Answer { status, body },
+            Err(error) => {
+                let error = self.wire_error(error);
+                tracing::warn!(%peer, code = %error.code, "{}", error.message);
+                Reply::Failure(error)
+            }
         }
-        Ok((status, answer))
     }
 
     /// The wire error a caller gets for `error`.
     fn wire_error(&self, error: ForwardError) -> WireError {
-        let url = &self.endpoint;
+        let url = &self.shared.endpoint;
         match error {
             ForwardError::Unreachable(reason) => WireError::new(
                 ErrorCode::UpstreamUnreachable,
@@ -300,14 +403,14 @@ impl NanoRelay {
                 ErrorCode::UpstreamTimeout,
                 format!(
                     "Nano node at {url} did not answer within {:?}",
-                    self.timeout
+                    self.shared.timeout
                 ),
             ),
             ForwardError::TooLarge => WireError::new(
                 ErrorCode::Internal,
                 format!(
                     "the Nano node's answer is larger than this relay's limit of {} bytes",
-                    self.max_answer_bytes
+                    self.shared.max_answer_bytes
                 ),
             ),
         }
@@ -316,55 +419,52 @@ impl NanoRelay {
 
 impl Handler for NanoRelay {
     async fn handle(&self, request: Request) -> Reply {
-        let body = match self.policy.check(&request.body) {
-            Ok(body) => body,
+        match self.shared.policy.check(&request.body) {
+            Ok(checked) => self.forward(checked, request.peer).await,
             Err(refusal) => {
                 tracing::debug!(peer = %request.peer, %refusal, "nano relay refused a request");
-                return Reply::Failure(refusal.into());
-            }
-        };
-        match self.post(body).await {
-            Ok((status, body)) => Reply::Answer { status, body },
-            Err(error) => {
-                let error = self.wire_error(error);
-                tracing::warn!(peer = %request.peer, code = %error.code, "{}", error.message);
-                Reply::Failure(error)
+                Reply::Failure(refusal.into())
             }
         }
     }
 }
 
-impl ForwardError {
-    fn from_reqwest(error: reqwest::Error) -> Self {
-        if error.is_connect() {
-            Self::Unreachable(causes(&error))
-        } else if error.is_timeout() {
-            Self::Timeout
-        } else {
-            Self::Broken(causes(&error))
-        }
+impl Forward for NanoRelay {
+    fn forward(
+        &self,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Reply> + Send {
+        NanoRelay::forward(self, request, peer)
     }
 }
 
-/// The causes of a reqwest error, joined by ": " (its own line repeats the URL).
-fn causes(error: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
+/// The error and its causes, joined by ": ".
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {
         parts.push(cause.to_string());
         source = cause.source();
     }
-    if parts.is_empty() {
-        error.to_string()
-    } else {
-        parts.join(": ")
-    }
+    parts.join(": ")
 }
 
 /// The first 200 bytes of a body, as lossy UTF-8 on one line.
 fn excerpt(body: &[u8]) -> String {
     let head = String::from_utf8_lossy(&body[..body.len().min(200)]);
     head.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The `host` header for `uri`, as hyper's client writes it: the authority, without the
+/// port when it is http's default, 80.
+fn host_header(uri: &Uri) -> Result<HeaderValue, String> {
+    let authority = uri.authority().ok_or("no host")?;
+    let host = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).map_err(|e| e.to_string())
 }
 
 /// `node_url` reduced to scheme, host and port, with path `/`.
@@ -407,6 +507,116 @@ fn endpoint(node_url: &str) -> Result<Url, NanoRelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A minimal HTTP/1.1 node on loopback that answers every POST with `{}` and counts
+    /// the connections it accepted; with `close_after` it closes each connection after
+    /// that many answers (as a node whose keep-alive limit is reached).
+    async fn counting_node(close_after: Option<usize>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut answered = 0;
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        // One request: head, then content-length bytes of body.
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() < end + 4 + length {
+                                break;
+                            }
+                            buffer.drain(..end + 4 + length);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            answered += 1;
+                            if close_after == Some(answered) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn relay_to(url: &str) -> NanoRelay {
+        NanoRelay::new(NanoRelayConfig {
+            node_url: url.to_string(),
+            timeout: Duration::from_secs(5),
+            ..NanoRelayConfig::default()
+        })
+        .expect("relay")
+    }
+
+    #[tokio::test]
+    async fn kept_alive_connections_are_reused() {
+        let (url, accepted) = counting_node(None).await;
+        let relay = relay_to(&url);
+        for _ in 0..20 {
+            assert_eq!(
+                relay
+                    .post(Bytes::from_static(b"{}"))
+                    .await
+                    .expect("answer")
+                    .0,
+                200
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for 20 in a row"
+        );
+        let many: Vec<_> = (0..8)
+            .map(|_| relay.post(Bytes::from_static(b"{}")))
+            .collect();
+        for answer in futures::future::join_all(many).await {
+            assert_eq!(answer.expect("answer").0, 200);
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&opened),
+            "{opened} connections for 8 at once"
+        );
+        for _ in 0..20 {
+            relay.post(Bytes::from_static(b"{}")).await.expect("answer");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened, "the 8 were kept");
+    }
+
+    /// A node that closes each connection after one answer: every request still gets its
+    /// answer, on a new connection, never a broken exchange.
+    #[tokio::test]
+    async fn a_connection_the_node_closed_is_replaced() {
+        let (url, accepted) = counting_node(Some(1)).await;
+        let relay = relay_to(&url);
+        for i in 0..20 {
+            let answer = relay.post(Bytes::from_static(b"{}")).await;
+            assert!(matches!(answer, Ok((200, _))), "request {i}: {answer:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
 
     #[test]
     fn endpoint_keeps_scheme_host_and_port_only() {
@@ -417,6 +627,19 @@ mod tests {
             ("http://localhost", "http://localhost/"),
         ] {
             assert_eq!(endpoint(given).unwrap().as_str(), used, "{given}");
+        }
+    }
+
+    #[test]
+    fn the_host_header_is_the_authority_without_port_80() {
+        for (url, host) in [
+            ("http://127.0.0.1:7076/", "127.0.0.1:7076"),
+            ("http://node.example:80/", "node.example"),
+            ("http://[::1]:45000/", "[::1]:45000"),
+            ("http://localhost/", "localhost"),
+        ] {
+            let uri: Uri = url.parse().expect("URI");
+            assert_eq!(host_header(&uri).expect("host"), host, "{url}");
         }
     }
 

@@ -4,21 +4,22 @@
 //! (nano-work-server, a GPU peer) that speaks the same RPC dialect for `work_generate`
 //! (and `work_validate`, `work_cancel`). [`WorkRouted`] sends `work_generate` to such a
 //! server and everything else to the node, each through its own [`NanoRelay`] and so its
-//! own policy check, timeout and answer cap.
+//! own timeout and answer cap. It routes on the action of a [`CheckedRequest`]: the
+//! stack's policy (which allows `work_generate` when there is a work server) checked it
+//! once, before.
 
-use super::relay::NanoRelay;
-use super::retry::action_of;
-use crate::service::{Handler, Reply, Request};
+use std::future::Future;
+use std::net::SocketAddr;
+
+use super::checked::CheckedRequest;
+use super::relay::{Forward, NanoRelay};
+use crate::service::Reply;
 
 /// The action that goes to the work server.
 pub const WORK_ACTION: &str = "work_generate";
 
-/// A [`Handler`] that sends `work_generate` to `work` (when there is one) and every other
-/// request to `node`.
-///
-/// `work`'s policy must allow `work_generate` (a relay built with
-/// [`NanoRelay::new`] from a policy with `allow("work_generate")`); requests that reach it
-/// are checked against it like any other.
+/// A [`Forward`] that sends `work_generate` to `work` (when there is one) and every other
+/// checked request to `node`.
 #[derive(Debug, Clone)]
 pub struct WorkRouted {
     node: NanoRelay,
@@ -37,13 +38,16 @@ impl WorkRouted {
     }
 }
 
-impl Handler for WorkRouted {
-    async fn handle(&self, request: Request) -> Reply {
-        match &self.work {
-            Some(work) if action_of(&request.body).as_deref() == Some(WORK_ACTION) => {
-                work.handle(request).await
-            }
-            _ => self.node.handle(request).await,
-        }
+impl Forward for WorkRouted {
+    fn forward(
+        &self,
+        request: CheckedRequest,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Reply> + Send {
+        let relay = match &self.work {
+            Some(work) if request.action() == WORK_ACTION => work,
+            _ => &self.node,
+        };
+        relay.forward(request, peer)
     }
 }
