@@ -13,6 +13,9 @@
 # npm registry; grenache-nodejs-utp is not published there, so utp is left out) and a
 # release build of nano-connect (built if missing). Every process is stopped on exit.
 set -euo pipefail
+# Never the public DHT (every process here names its grapes), and no state of the user's:
+# node keys and the worker cache live in this run's temporary folder.
+export NANO_CONNECT_NO_PUBLIC_DHT=1
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
@@ -20,6 +23,7 @@ REQUESTS=${REQUESTS:-20000}
 DURATION=${DURATION:-10}
 BIN=$ROOT/target/release/nano-connect
 TMP=$(mktemp -d /tmp/nano-connect-grenache.XXXXXX)
+export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
 PIDS=()
 
 cleanup() {

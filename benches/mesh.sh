@@ -15,6 +15,9 @@
 # Needs node (for the summary), curl, and release builds (made if missing). Uses
 # hyperfine for section 4 when installed, else a timed loop. Stops every process on exit.
 set -euo pipefail
+# Never the public DHT (every process here names its grapes), and no state of the user's:
+# node keys and the worker cache live in this run's temporary folder.
+export NANO_CONNECT_NO_PUBLIC_DHT=1
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
@@ -28,6 +31,7 @@ FLOOR=$REL/examples/quic_floor
 STUB=$REL/examples/nano_stub
 SUMMARY=$ROOT/benches/grenache/summary.js
 TMP=$(mktemp -d /tmp/nano-connect-bench.XXXXXX)
+export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
 PIDS=()
 
 cleanup() {

@@ -25,6 +25,9 @@
 # REQUESTS should make each measurement take a second or more. Everything runs on
 # 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
+# Never the public DHT (every process here names its grapes), and no state of the user's:
+# node keys and the worker cache live in this run's temporary folder.
+export NANO_CONNECT_NO_PUBLIC_DHT=1
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-5}
@@ -37,6 +40,7 @@ FLOOR=${FLOOR:-$REL/examples/quic_floor}
 WORKERS=${WORKERS:-"branch=$BENCH"}
 BODY='{"action":"block_count"}'
 TMP=$(mktemp -d /tmp/nano-connect-relay-cpu.XXXXXX)
+export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
 PIDS=()
 
 cleanup() {

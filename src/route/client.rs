@@ -493,8 +493,13 @@ impl RpcClient {
     fn check_trust(&self, reached: &Reached) -> Result<(), String> {
         match &self.trust {
             Some(trust) if !trust.contains(&reached.node) => Err(format!(
-                "node {} is not one of the trusted nodes",
-                reached.node
+                "it proved node id {}, not the expected {}",
+                reached.node,
+                trust
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )),
             _ => Ok(()),
         }

@@ -84,6 +84,18 @@ pub enum ReachError {
     /// The broker failed or refused.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The address dialed proved another node than the one expected: whoever gave that
+    /// address (a broker's introduction, a cached hint) stands in for the worker or is
+    /// out of date.
+    #[error("{addr} proved node id {proved}, not the expected {expected}")]
+    Impostor {
+        /// Where it was dialed.
+        addr: SocketAddr,
+        /// The node its handshake proved.
+        proved: NodeId,
+        /// The node expected.
+        expected: NodeId,
+    },
     /// The broker introduced a different node from the one asked for.
     #[error("the broker at {broker} introduced node {got} instead of {want}")]
     WrongNode {
@@ -104,8 +116,12 @@ pub async fn dial(
     timeout: Duration,
 ) -> Result<(Connection, NodeId), ReachError> {
     let failed = |reason: String| ReachError::Handshake { addr, reason };
+    // The handshake takes any Ed25519 node key and the check against `node` is made
+    // here, before anything is sent on the connection: so the error can name the node
+    // that answered, and the node id sought never travels in the clear (a TLS server
+    // name is not encrypted in the ClientHello).
     let connecting = endpoint
-        .connect(addr, &server_name(node))
+        .connect(addr, &server_name(None))
         .map_err(|e| failed(e.to_string()))?;
     let connection = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
@@ -119,12 +135,14 @@ pub async fn dial(
     };
     let proved =
         peer_node_id(&connection).ok_or_else(|| failed("the peer proved no node key".into()))?;
-    if let Some(want) = node {
-        if *want != proved {
+    if let Some(expected) = node {
+        if *expected != proved {
             connection.close(0u32.into(), b"wrong node");
-            return Err(failed(format!(
-                "the peer proved node id {proved}, not the expected {want}"
-            )));
+            return Err(ReachError::Impostor {
+                addr,
+                proved,
+                expected: *expected,
+            });
         }
     }
     Ok((connection, proved))
@@ -254,7 +272,7 @@ pub async fn through_broker(
                 &node,
                 config.punch_deadline,
             )
-            .await;
+            .await?;
         }
     }
     let (connection, remote, path, closed) = match found {
@@ -358,7 +376,10 @@ async fn dial_relay(
 }
 
 /// Dials every candidate address at once and again toward the source of each punch
-/// with the nonce (the mux echoes it); the first handshake to finish wins.
+/// with the nonce (the mux echoes it); the first handshake to finish wins. `Ok(None)`
+/// when none did within `deadline` (the caller asks for the relay); an address that
+/// proves another node ends it at once ([`ReachError::Impostor`]: the broker that
+/// introduced it is not to be used, not even for its relay).
 async fn punch_and_dial(
     mux: &Mux,
     endpoint: &Endpoint,
@@ -367,7 +388,7 @@ async fn punch_and_dial(
     nonce: Nonce,
     node: &NodeId,
     deadline: Duration,
-) -> Option<(Connection, SocketAddr)> {
+) -> Result<Option<(Connection, SocketAddr)>, ReachError> {
     let until = tokio::time::Instant::now() + deadline;
     let mut watch = mux.watch_punches(nonce);
     // A raw punch leaves at once, well before the QUIC Initial is built: the sooner our
@@ -391,17 +412,18 @@ async fn punch_and_dial(
     }
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return None,
+            _ = tokio::time::sleep_until(until) => return Ok(None),
             Some(done) = dials.join_next(), if !dials.is_empty() => {
                 if let Ok((addr, result)) = done {
                     match result {
-                        Ok((connection, _)) => return Some((connection, addr)),
+                        Ok((connection, _)) => return Ok(Some((connection, addr))),
+                        Err(e @ ReachError::Impostor { .. }) => return Err(e),
                         Err(e) => debug!(%addr, %e, "dial failed"),
                     }
                 }
             }
             event = watch.events.recv() => {
-                let (from, _echo) = event?;
+                let Some((from, _echo)) = event else { return Ok(None) };
                 if dialed.insert(from) {
                     debug!(%from, "punch arrived: dialing its source");
                     spawn_dial(&mut dials, from);
