@@ -124,18 +124,26 @@ if has 4; then
   "$BIN" -q worker --announce nano_rpc --nano-rpc "$NODE" --bind 127.0.0.1 --port 47003 --grape http://127.0.0.1:33001 >cold.log 2>&1 & PIDS+=($!)
   wait_listening cold.log
   CALL="$BIN -q call --grape http://127.0.0.1:33003 block_count"
-  for i in $(seq 100); do $CALL >/dev/null 2>&1 && break; [ "$i" = 100 ] && { echo "mesh.sh: worker never found" >&2; exit 1; }; sleep 0.2; done
-  echo; echo "## 4. Cold \`nano-connect call block_count\` (new process: lookup through a grape, handshake, answer)"
-  if command -v hyperfine >/dev/null; then
-    hyperfine -N --warmup 3 --runs 30 --export-json cold.json "$CALL" >&2
-    node -e 'const r=JSON.parse(require("fs").readFileSync("cold.json")).results[0]; console.log(`hyperfine, 30 runs: median ${(r.median*1e3).toFixed(1)} ms, mean ${(r.mean*1e3).toFixed(1)} ms, min ${(r.min*1e3).toFixed(1)} ms, max ${(r.max*1e3).toFixed(1)} ms`)'
-  else
-    : >cold.txt
-    for _ in $(seq 30); do
-      s=$(date +%s%N); $CALL >/dev/null; e=$(date +%s%N); echo $(((e - s) / 1000)) >>cold.txt
+  for i in $(seq 100); do $CALL --no-cache >/dev/null 2>&1 && break; [ "$i" = 100 ] && { echo "mesh.sh: worker never found" >&2; exit 1; }; sleep 0.2; done
+  OWN="$BIN -q call --bootstrap 127.0.0.1:23002,127.0.0.1:23003 block_count"
+  echo; echo "## 4. Cold \`nano-connect call block_count\` (new process: lookup, handshake, answer), 30 runs each"
+  # $1 label; $2 "empty" (a fresh cache file per run) or "warm" (one file, filled first); $3... the command.
+  cold() {
+    local label=$1 cache=$2; shift 2
+    "$@" --cache "$TMP/warm-$label.json" >/dev/null 2>&1 || true
+    : >"cold-$label.txt"
+    for i in $(seq 30); do
+      local file="$TMP/warm-$label.json"
+      [ "$cache" = empty ] && file="$TMP/empty-$label-$i.json"
+      s=$(date +%s%N); "$@" --cache "$file" >/dev/null; e=$(date +%s%N)
+      echo $(((e - s) / 1000)) >>"cold-$label.txt"
     done
-    sort -n cold.txt | awk '{a[NR]=$1} END {printf "loop, %d runs: median %.1f ms, min %.1f ms, max %.1f ms\n", NR, a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
-  fi
+    sort -n "cold-$label.txt" | awk -v l="$label" '{a[NR]=$1} END {printf "%-34s median %6.1f ms  min %6.1f ms  max %6.1f ms\n", l, a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
+  }
+  cold "grape, empty cache" empty $CALL
+  cold "grape, warm cache" warm $CALL
+  cold "own DHT node, empty cache" empty $OWN
+  cold "own DHT node, warm cache" warm $OWN
 fi
 
 if has 5; then

@@ -36,8 +36,8 @@ pub struct RouteArgs {
     /// [default: $XDG_CACHE_HOME/nano-connect/workers.json; env NANO_CONNECT_CACHE].
     #[arg(long, value_name = "FILE", env = "NANO_CONNECT_CACHE")]
     pub cache: Option<PathBuf>,
-    /// Keep no file of workers.
-    #[arg(long, conflicts_with = "cache")]
+    /// Keep no file of workers (wins over --cache and NANO_CONNECT_CACHE).
+    #[arg(long)]
     pub no_cache: bool,
 }
 

@@ -46,6 +46,11 @@ pub mod keys {
 /// Longest an embedded node's lookup or get collects answers.
 const EMBEDDED_LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How long an embedded node's lookup keeps collecting after its first answer. A grape
+/// serving many clients collects longer (150 ms) to hand out a fuller list; a caller's
+/// own node needs a worker or two now, and the next lookup (or the cache) brings more.
+const EMBEDDED_LOOKUP_SETTLE: Duration = Duration::from_millis(50);
+
 /// Why a DHT operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -78,6 +83,7 @@ impl Directory {
             bootstrap,
             client_mode: true,
             lookup_deadline: EMBEDDED_LOOKUP_DEADLINE,
+            lookup_settle: EMBEDDED_LOOKUP_SETTLE,
             ..GrapeConfig::default()
         };
         Ok(Self::Dht(Arc::new(GrapeDht::start(&config).await?)))

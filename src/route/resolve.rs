@@ -170,7 +170,7 @@ pub async fn list(
 /// How long a lookup of one index waits for the other once it has found something: an
 /// empty lookup ends only when every DHT node asked has answered or timed out (seconds
 /// when one is dead), and the other index's entries are enough to go on.
-const OTHER_INDEX_GRACE: Duration = Duration::from_millis(200);
+const OTHER_INDEX_GRACE: Duration = Duration::from_millis(100);
 
 /// Runs both lookups; once one has entries, waits [`OTHER_INDEX_GRACE`] more for the
 /// other (`None` when it did not end by then). The direct index may fail the whole
