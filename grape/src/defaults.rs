@@ -46,3 +46,20 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// alone finds items put through this grape: mainline can only fetch a mutable item by its
 /// key. Same order of size as mainline's own store (`MAX_VALUES` = 1000).
 pub const DEFAULT_KNOWN_KEYS: usize = 1024;
+
+/// Distinct targets another DHT node may make this grape store per window: a broker's
+/// grape announces each key it serves in every slot (4 per window), 64 keys at most, so
+/// 256; an API client gets 64 ([`crate::quota::QuotaLimits`]).
+pub const DEFAULT_DHT_TARGETS_PER_SOURCE: usize = 256;
+
+/// Infohashes with announces a grape's DHT node stores for others: mainline's default is
+/// 2,000, which about 2,100 announces of new keys empty of everything older. With
+/// per-source quotas ([`crate::quota`]) one source fills at most 256 of them per window,
+/// so 8,000 takes a flood from 31 addresses at once to push a live key out.
+pub const DEFAULT_MAX_INFO_HASHES: usize = 8_000;
+
+/// Peers kept per infohash (mainline's default: 500). mainline reserves room for all of
+/// them when an infohash is first stored, so 8,000 infohashes of 500 would reserve
+/// hundreds of MB under a flood; 128 keeps that near 40 MB, and a lookup is answered
+/// with 10 random peers of them anyway.
+pub const DEFAULT_MAX_PEERS_PER_INFO_HASH: usize = 128;

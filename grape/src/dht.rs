@@ -26,13 +26,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::Stream;
 use mainline::async_dht::AsyncDht;
-use mainline::{Dht, Id, MutableItem};
+use mainline::{Dht, Id, MutableItem, ServerSettings};
 use tokio::time::Instant;
 
 use crate::bep44;
+use crate::defaults::{
+    DEFAULT_DHT_TARGETS_PER_SOURCE, DEFAULT_MAX_INFO_HASHES, DEFAULT_MAX_PEERS_PER_INFO_HASH,
+};
 use crate::defaults::{DEFAULT_KNOWN_KEYS, DEFAULT_PUT_TIMEOUT};
 use crate::error::GrapeError;
+use crate::filter::SourceFilter;
 use crate::infohash::{Infohash, SlotSchedule};
+use crate::quota::{OverQuota, QuotaLimits, SourceQuota};
 use crate::store::LocalStore;
 use crate::GrapeConfig;
 
@@ -58,6 +63,10 @@ pub struct GrapeDht {
     known_keys: Mutex<KnownKeys>,
     observer: OnceLock<Arc<dyn DhtObserver>>,
     local: Mutex<LocalStore>,
+    /// What the HTTP API's clients made this grape store, per client address.
+    api_quota: Mutex<SourceQuota>,
+    /// The guard on the DHT port (its refusal count).
+    filter: SourceFilter,
     /// The address this node's own announces are served with from the local store, when
     /// it is known from the configuration (`public_ip`, or a specific `bind`).
     own_ip: Option<Ipv4Addr>,
@@ -155,8 +164,20 @@ impl GrapeDht {
         let schedule = SlotSchedule::new(config.announce_window)?;
         let mut builder = Dht::builder();
         builder.bind_address(config.bind).port(config.dht_port);
+        // Other DHT nodes announce for many more keys than an API client: a broker's grape
+        // announces each key it serves in every slot (4 targets per key per window).
+        let filter = SourceFilter::new(QuotaLimits {
+            window: config.announce_window,
+            targets_per_source: DEFAULT_DHT_TARGETS_PER_SOURCE,
+            ..QuotaLimits::default()
+        });
         if !config.client_mode {
-            builder.server_mode();
+            builder.server_mode().server_settings(ServerSettings {
+                max_info_hashes: DEFAULT_MAX_INFO_HASHES,
+                max_peers_per_info_hash: DEFAULT_MAX_PEERS_PER_INFO_HASH,
+                filter: Box::new(filter.clone()),
+                ..ServerSettings::default()
+            });
         }
         match &config.bootstrap {
             None => {}
@@ -203,6 +224,11 @@ impl GrapeDht {
             known_keys: Mutex::new(KnownKeys::default()),
             observer: OnceLock::new(),
             local: Mutex::new(LocalStore::new()),
+            api_quota: Mutex::new(SourceQuota::new(QuotaLimits {
+                window: config.announce_window,
+                ..QuotaLimits::default()
+            })),
+            filter,
             own_ip: config
                 .public_ip
                 .or((!config.bind.is_unspecified()).then_some(config.bind)),
@@ -305,6 +331,22 @@ impl GrapeDht {
             observer.announced(outcome.is_ok(), started.elapsed());
         }
         outcome
+    }
+
+    /// Whether the API client at `source` may make this grape store (one more entry of)
+    /// `target` (the per-source quota of [`crate::quota`]); an announce or put through
+    /// the HTTP API asks first.
+    pub fn admit(&self, source: std::net::IpAddr, target: &Infohash) -> Result<(), OverQuota> {
+        let mut quota = match self.api_quota.lock() {
+            Ok(quota) => quota,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        quota.admit(source, *target, unix_now())
+    }
+
+    /// Requests the DHT port refused so far (over a source's rate or store quota).
+    pub fn refused_requests(&self) -> u64 {
+        self.filter.refused()
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, LocalStore> {

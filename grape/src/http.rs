@@ -30,6 +30,8 @@
 //!   not; `k` not 64 hex digits; salt not a string);
 //! - `"ERR_GRAPE_NO_NODES"`, `"ERR_GRAPE_TIMEOUT"`: the DHT could not store (not
 //!   bootstrapped; no node answered);
+//! - `"ERR_GRAPE_QUOTA"`: the client made this grape store 64 distinct keys (or 8 entries
+//!   of one key) in this announce window already ([`crate::quota`]);
 //! - `"ERR_REQ_NOTFOUND"`: any other path;
 //! - `"ERR_GRAPE_BODY"` with **HTTP 400**: the body is not JSON (grenache-grape crashes
 //!   here); `"ERR_GRAPE_BODY_TOO_LARGE"` with **HTTP 413**: the body is over 64 KiB.
@@ -55,11 +57,13 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Router;
 use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::bep44;
 use crate::defaults::DEFAULT_MAX_BODY;
@@ -81,6 +85,9 @@ pub const ERR_GRAPE_PUT_SIG: &str = "ERR_GRAPE_PUT_SIG";
 pub const ERR_GRAPE_HASH_FORMAT: &str = "ERR_GRAPE_HASH_FORMAT";
 /// Unknown path.
 pub const ERR_REQ_NOTFOUND: &str = "ERR_REQ_NOTFOUND";
+/// The client made this grape store as many distinct keys (or entries of one key) in
+/// this window as one source may ([`crate::quota`]).
+pub const ERR_GRAPE_QUOTA: &str = "ERR_GRAPE_QUOTA";
 /// The request body is not JSON (HTTP 400).
 pub const ERR_GRAPE_BODY: &str = "ERR_GRAPE_BODY";
 /// The request body is over the limit (HTTP 413).
@@ -126,9 +133,12 @@ fn err(code: &str) -> Response {
 
 async fn handle(
     State(state): State<ApiState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Served without connection info (tests driving the router directly): loopback.
+    let client = client.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0 .0.ip());
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -142,9 +152,9 @@ async fn handle(
     let data = envelope.get("data").unwrap_or(&Value::Null);
     tracing::debug!(path = uri.path(), %data, "grape API request");
     match uri.path() {
-        "/announce" => announce(&state, data).await,
+        "/announce" => announce(&state, client, data).await,
         "/lookup" => lookup(&state, data).await,
-        "/put" => put(&state, data).await,
+        "/put" => put(&state, client, data).await,
         "/get" => get(&state, data).await,
         _ => err(ERR_REQ_NOTFOUND),
     }
@@ -152,11 +162,15 @@ async fn handle(
 
 // --- /announce ---
 
-async fn announce(state: &ApiState, data: &Value) -> Response {
+async fn announce(state: &ApiState, client: IpAddr, data: &Value) -> Response {
     let (name, port) = match parse_announce(data) {
         Ok(parsed) => parsed,
         Err(code) => return err(code),
     };
+    if let Err(why) = state.dht.admit(client, &crate::infohash(name)) {
+        tracing::info!(%client, name, %why, "announce refused");
+        return err(ERR_GRAPE_QUOTA);
+    }
     match state.dht.announce(name, port).await {
         Ok(n) => ok(Value::from(n)),
         Err(e) => dht_error("announce", &e),
@@ -183,11 +197,19 @@ async fn lookup(state: &ApiState, data: &Value) -> Response {
 
 // --- /put ---
 
-async fn put(state: &ApiState, data: &Value) -> Response {
+async fn put(state: &ApiState, client: IpAddr, data: &Value) -> Response {
     let request = match parse_put(data) {
         Ok(request) => request,
         Err(code) => return err(code),
     };
+    let target = match &request {
+        PutRequest::Immutable(v) => bep44::immutable_target(v),
+        PutRequest::Mutable { item, .. } => *item.target(),
+    };
+    if let Err(why) = state.dht.admit(client, target.as_bytes()) {
+        tracing::info!(%client, %why, "put refused");
+        return err(ERR_GRAPE_QUOTA);
+    }
     let result = match request {
         PutRequest::Immutable(v) => state.dht.put_immutable(&v).await,
         PutRequest::Mutable { item, cas } => {

@@ -43,6 +43,8 @@
 //! - [`mod@infohash`]: service key → infohash, and the time slots that expire announces (pure).
 //! - [`bep44`]: BEP 44 targets, limits and signature checks (pure).
 //! - [`store`]: what was announced and put through this grape itself (pure).
+//! - [`quota`]: what one source may make a grape store per window (pure); [`filter`]
+//!   applies it on the DHT port.
 //! - [`dht`]: [`GrapeDht`], the mainline node: slotted announce and lookup, put and get.
 //! - [`http`]: the Grenache HTTP API on axum and its error strings; `http/wire.rs` parses
 //!   request data and shapes answers (pure).
@@ -58,8 +60,10 @@ pub mod bep44;
 pub mod defaults;
 pub mod dht;
 mod error;
+pub mod filter;
 pub mod http;
 pub mod infohash;
+pub mod quota;
 pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -162,12 +166,15 @@ impl Grape {
         let app = http::router(Arc::clone(&dht), config.lookup_deadline);
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // Either a shutdown or a dropped Grape.
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                // Either a shutdown or a dropped Grape.
+                let _ = stopped.await;
+            })
+            .await
         });
         tracing::info!(dht = %dht.local_addr(), api = %api_addr, "grape started");
         Ok(Grape {
