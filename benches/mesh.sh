@@ -149,7 +149,8 @@ fi
 if has 5; then
   echo; echo "## 5. Worker memory per idle client connection ($IDLE connections)"
   for run in $(seq "$RUNS"); do
-    "$BIN" -q worker --service echo --announce echo --bind 127.0.0.1 --port 47004 --grape http://127.0.0.1:9 >idle-w.log 2>&1 &
+    "$BIN" -q worker --service echo --announce echo --bind 127.0.0.1 --port 47004 --grape http://127.0.0.1:9 \
+      --max-connections $((IDLE + 100)) --max-connections-per-ip $((IDLE + 100)) >idle-w.log 2>&1 &
     WPID=$!; PIDS+=($WPID)
     wait_listening idle-w.log
     # One connection and a few requests first, so that lazily made state is counted in "before".

@@ -73,6 +73,16 @@ pub const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(100);
 /// that serves few, busy callers can raise it (`worker --max-streams`).
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// QUIC connections a worker keeps open at once: an idle connection costs about 38 KB
+/// (benches/mesh.sh, section 5), so 1024 cap a flood of idle connections near 40 MB (5000
+/// took a worker from 12 MB to 183 MB); a worker serving more callers raises it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// QUIC connections from one IP address at once: many users behind one NAT or a
+/// gateway's few connections fit; one host cannot take the whole of
+/// [`DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+
 /// UDP socket send and receive buffers, in bytes: the kernel's 208 KiB default overflows
 /// under many connections or handshake bursts (p99 at 256 connections fell from 46 ms to
 /// 9 ms with 4 MiB on these machines).

@@ -429,10 +429,8 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .with_state(exposition);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        let limits = grape::http::serve::HttpLimits::default();
+        if let Err(e) = grape::http::serve::serve(listener, app, limits, shutdown).await {
             tracing::warn!(error = %e, "metrics server stopped");
         }
     });

@@ -122,7 +122,12 @@ async fn http_baseline_posts_to_the_node_stand_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_opened_held_and_closed() {
-    let (_worker, port) = mesh::worker("http://127.0.0.1:9", "echo", &["--service", "echo"]);
+    // All 300 come from one address: lift the worker's per-address cap (64).
+    let (_worker, port) = mesh::worker(
+        "http://127.0.0.1:9",
+        "echo",
+        &["--service", "echo", "--max-connections-per-ip", "1000"],
+    );
     let addr = format!("127.0.0.1:{port}");
     let output = mesh::run(
         &[

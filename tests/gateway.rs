@@ -425,3 +425,71 @@ async fn process_to_a_killed_worker_is_not_resent_elsewhere() {
     );
     assert_eq!(alive.stub.actions_received(), ["block_count"]);
 }
+
+/// 1,000 requests, 100 at a time, through a cold gateway: one lookup of each index reaches the
+/// grape, and one `block_count` reaches the node (it used to open 541 connections to the
+/// grape and send the node 36 identical requests; issue "proven under attack", defect 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_identical_requests_is_one_lookup_and_one_node_request() {
+    use futures::StreamExt;
+    let grapes = tokio::task::block_in_place(|| two_grapes(WINDOW));
+    let mesh = Mesh { grapes };
+    let relay = mesh.relay(&[]).await;
+    wait_announced(&mesh.grapes.1.url, "nano_rpc", &[relay.port]).await;
+    // A grape of its own, with metrics, for the gateway to look up through.
+    let own = tokio::task::block_in_place(|| {
+        Process::start(&[
+            "grape",
+            "--dp",
+            "0",
+            "--aph",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--bn",
+            &mesh.grapes.0.dht,
+            "--announce-window",
+            &WINDOW.to_string(),
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+    });
+    let own_url = format!("http://{}", own.field("api"));
+    wait_announced(&own_url, "nano_rpc", &[relay.port]).await;
+    let metrics = format!("http://{}/metrics", own.field("metrics"));
+    let lookups = || async {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("grape_lookups_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = lookups().await;
+    relay.stub.clear_received();
+    let gateway = tokio::task::block_in_place(|| {
+        Process::start(&["gateway", "--listen", "127.0.0.1:0", "--grape", &own_url])
+    });
+    let url = format!("http://{}/", gateway.field("addr"));
+    let http = reqwest::Client::new();
+    let answers: Vec<u16> = futures::stream::iter(0..1000)
+        .map(|_| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                http.post(&url)
+                    .body(r#"{"action":"block_count"}"#)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        // 100 at once: what one address may hold open on the gateway (128).
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|s| *s == 200), "{:?}", &answers[..5]);
+    let lookups = lookups().await - before;
+    assert!(lookups <= 2.0, "{lookups} lookups reached the grape");
+    assert_eq!(relay.stub.actions_received(), ["block_count"]);
+}

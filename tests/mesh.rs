@@ -392,3 +392,100 @@ async fn a_stopped_worker_vanishes_from_lookups_within_two_announce_intervals() 
     .await;
     assert!(gone_at.elapsed() <= Duration::from_millis(2_000 + 1_500));
 }
+
+/// A node slower than the old fixed 3 s attempt: the call's own budget (20 s) is what
+/// counts, so it is answered, by one node, instead of failing over to every worker and
+/// exiting "unreachable" after 3 s (issue "proven under attack", defect 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_node_gets_the_callers_budget_and_is_asked_once() {
+    let mesh = Mesh::new(Mode::RsNano).await;
+    let (_first, first_port) = mesh.worker(&["--node-timeout", "15000"]).await;
+    let (_second, second_port) = mesh.worker(&["--node-timeout", "15000"]).await;
+    wait_announced(&mesh.grapes.1.url, "nano_rpc", &[first_port, second_port]).await;
+    mesh.stub.clear_received();
+    mesh.stub.set_delay(Duration::from_secs(4));
+    let started = Instant::now();
+    let output = mesh::run(
+        &[
+            "call",
+            "--grape",
+            mesh.grapes.1.url.as_str(),
+            "--timeout",
+            "20000",
+            "block_count",
+        ],
+        "",
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("\"count\""), "{}", stdout(&output));
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(mesh.stub.actions_received(), ["block_count"], "asked once");
+
+    // A budget too short for the node: a timeout that says whom it waited for.
+    mesh.stub.clear_received();
+    let output = mesh::run(
+        &[
+            "call",
+            "--grape",
+            mesh.grapes.1.url.as_str(),
+            "--timeout",
+            "2500",
+            "block_count",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("no answer within"), "{text}");
+}
+
+/// A line of stdin that is not UTF-8 gets an error line of its own and the session goes
+/// on (it used to end silently with exit 0; issue "proven under attack", defect 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_line_that_is_not_utf8_is_answered_with_an_error_and_the_session_goes_on() {
+    let mesh = Mesh::new(Mode::RsNano).await;
+    let (_worker, port) = mesh.worker(&[]).await;
+    wait_announced(&mesh.grapes.1.url, "nano_rpc", &[port]).await;
+    let mut input = b"{\"action\":\"block_count\"}\n".to_vec();
+    input.extend_from_slice(b"{\"action\":\"\xff\xfe\"}\n");
+    input.extend_from_slice(b"{\"action\":\"uptime\"}\n");
+    let output = mesh::run_with_input(
+        &[
+            "call",
+            "--grape",
+            mesh.grapes.1.url.as_str(),
+            "--timeout",
+            "8000",
+        ],
+        &input,
+    )
+    .await;
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&output));
+    assert_eq!(lines[0]["count"], "3");
+    assert_eq!(lines[1]["code"], "invalid_request");
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 is not UTF-8"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2]["seconds"], "74");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "the exit code tells a line was refused"
+    );
+    assert_eq!(mesh.stub.actions_received(), ["block_count", "uptime"]);
+}

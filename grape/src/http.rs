@@ -50,6 +50,7 @@
 //!   the answer is `null`).
 //! - An empty salt is the same as no salt.
 
+pub mod serve;
 mod wire;
 
 use std::sync::Arc;

@@ -110,6 +110,9 @@ pub struct GrapeConfig {
     pub lookup_deadline: Duration,
     /// How long a lookup keeps collecting after the first non-empty batch. Default 150 ms.
     pub lookup_settle: Duration,
+    /// Bounds of the HTTP API (timeouts, connections in all and per IP). Default
+    /// [`http::serve::HttpLimits::default`].
+    pub http_limits: http::serve::HttpLimits,
     /// Run the DHT node in client mode: it asks other nodes but answers none and stores
     /// nothing for them (BEP 43 read-only). For a user's embedded node behind a NAT,
     /// never for a grape others bootstrap from. Default false (server mode).
@@ -129,6 +132,7 @@ impl Default for GrapeConfig {
             lookup_deadline: DEFAULT_LOOKUP_DEADLINE,
             lookup_settle: DEFAULT_LOOKUP_SETTLE,
             client_mode: false,
+            http_limits: http::serve::HttpLimits::default(),
         }
     }
 }
@@ -165,12 +169,9 @@ impl Grape {
         let api_addr = listener.local_addr().map_err(api_bind_error)?;
         let app = http::router(Arc::clone(&dht), config.lookup_deadline);
         let (stop, stopped) = oneshot::channel::<()>();
+        let limits = config.http_limits;
         let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            http::serve::serve(listener, app, limits, async {
                 // Either a shutdown or a dropped Grape.
                 let _ = stopped.await;
             })

@@ -60,6 +60,10 @@ pub struct GatewayArgs {
     /// Largest request body taken, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     max_body: usize,
+    /// Milliseconds a connection may take to send a request's head (idle time between
+    /// requests included) before it is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    header_timeout: u64,
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -81,6 +85,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             service: args.service.clone(),
             quorum: usize::from(args.quorum),
             max_body_bytes: args.max_body,
+            header_timeout: Duration::from_millis(args.header_timeout.max(1)),
         },
     );
     let stop_metrics = tokio_util::sync::CancellationToken::new();

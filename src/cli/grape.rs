@@ -57,6 +57,10 @@ pub struct GrapeArgs {
     /// Do not run the broker.
     #[arg(long)]
     no_broker: bool,
+    /// Milliseconds an HTTP connection may take to send a request's head (idle time
+    /// between requests included) before it is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    header_timeout: u64,
     /// Do not relay for peers that cannot punch (the broker still introduces them).
     #[arg(long)]
     no_relay: bool,
@@ -101,6 +105,10 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
         bootstrap,
         announce_window,
         public_ip: args.public_ip,
+        http_limits: grape::http::serve::HttpLimits {
+            header_timeout: Duration::from_millis(args.header_timeout.max(1)),
+            ..grape::http::serve::HttpLimits::default()
+        },
         ..GrapeConfig::default()
     };
     let grape = Grape::start(config)

@@ -136,6 +136,12 @@ pub struct WorkerArgs {
     /// 82 bytes per connection, up front [default: 100].
     #[arg(long, value_name = "N")]
     max_streams: Option<u32>,
+    /// QUIC connections open at once; more are refused before their handshake.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
+    /// QUIC connections from one IP address at once.
+    #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_MAX_CONNECTIONS_PER_IP, value_name = "N")]
+    max_connections_per_ip: usize,
     /// Answers kept by the response cache; 0 turns it off [default: 10000].
     #[arg(long, value_name = "N")]
     cache_entries: Option<u64>,
@@ -219,7 +225,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(streams) = max_streams {
         anyhow::ensure!(streams > 0, "--max-streams must be at least 1");
     }
+    let (max_connections, max_per_ip) = (
+        args.max_connections.max(1),
+        args.max_connections_per_ip.max(1),
+    );
     builder = builder.server(|config| {
+        config.max_connections = max_connections;
+        config.max_connections_per_ip = max_per_ip;
         if let Some(bytes) = max_request_bytes {
             config.max_request_bytes = bytes;
         }

@@ -43,7 +43,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use grape::http::serve::HttpLimits;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -51,6 +53,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::metrics::GatewayMetrics;
 use crate::nano::retry::{action_of, failover_safe, options_for};
@@ -79,6 +82,9 @@ pub struct GatewayConfig {
     pub quorum: usize,
     /// Largest request body taken, in bytes (default [`DEFAULT_MAX_BODY_BYTES`], 64 KiB).
     pub max_body_bytes: usize,
+    /// A connection that sends no complete request head within this long (idle between
+    /// requests included) is closed (default 10 s).
+    pub header_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -87,6 +93,7 @@ impl Default for GatewayConfig {
             service: crate::defaults::DEFAULT_SERVICE_KEY.to_string(),
             quorum: 1,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: HttpLimits::default().header_timeout,
         }
     }
 }
@@ -211,18 +218,31 @@ impl Gateway {
             .fallback(serve_one)
             .with_state(self)
             .layer(cors)
+            // The CORS layer answers every OPTIONS itself; a bare one (no CORS request
+            // headers) still learns what is allowed (RFC 9110 §9.3.7).
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::ALLOW,
+                HeaderValue::from_static("POST, OPTIONS"),
+            ))
     }
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
+///
+/// The HTTP server is bounded ([`HttpLimits`]): a connection that idles or trickles its
+/// request is closed, and connections are capped in all and per client address. A
+/// request gets its client's whole deadline and 5 s more before HTTP 408.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = HttpLimits {
+        header_timeout: gateway.config.header_timeout,
+        request_timeout: gateway.client.config().request_timeout + Duration::from_secs(5),
+        ..HttpLimits::default()
+    };
+    grape::http::serve::serve(listener, gateway.router(), limits, shutdown).await
 }
 
 /// The [`GatewayReply::Failure`] for a failed request of `action`.
@@ -264,6 +284,18 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     response
 }
 
+/// Whether a body read failed because the body is over the limit (not malformed).
+fn is_over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The gateway's only route.
 async fn serve_one(State(gateway): State<Gateway>, method: Method, body: Body) -> Response {
     if method == Method::OPTIONS {
@@ -283,14 +315,26 @@ async fn serve_one(State(gateway): State<Gateway>, method: Method, body: Body) -
         );
     }
     let limit = gateway.config.max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            &format!(
-                "nano-connect: request body larger than this gateway's limit of {limit} bytes"
-            ),
-        );
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_over_limit(&e) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                &format!(
+                    "nano-connect: request body larger than this gateway's limit of {limit} bytes"
+                ),
+            )
+        }
+        // A body that could not be read (a malformed chunked encoding, a client that
+        // went away mid-body) is the client's error, not a size.
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                &format!("nano-connect: the request body could not be read: {e}"),
+            )
+        }
     };
     match gateway.carry(&bytes).await {
         GatewayReply::Node {

@@ -9,8 +9,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
 use crate::defaults::{
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_READ_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_READ_TIMEOUT,
 };
 use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
 use crate::protocol::identity::NodeKey;
@@ -32,6 +36,11 @@ pub struct RpcServerConfig {
     pub max_response_bytes: usize,
     /// Time allowed for a caller to send its whole request frame. Default 10 s.
     pub read_timeout: Duration,
+    /// QUIC connections open at once (handshakes included); more are refused before
+    /// their handshake. Default 1024.
+    pub max_connections: usize,
+    /// QUIC connections from one IP address at once. Default 64.
+    pub max_connections_per_ip: usize,
     /// QUIC settings.
     pub quic: QuicConfig,
     /// The node key every handshake proves. Default: a fresh random key (an identity
@@ -46,6 +55,8 @@ impl Default for RpcServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             read_timeout: DEFAULT_STREAM_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             quic: QuicConfig::default(),
             identity: NodeKey::generate(),
         }
@@ -129,28 +140,52 @@ async fn accept_loop<H: Handler>(
     cancel: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    // Connections (and handshakes) in progress per client IP.
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    let (max_total, max_per_ip) = (
+        shared.config.max_connections,
+        shared.config.max_connections_per_ip,
+    );
     loop {
         let incoming = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = done {
-                    warn!(%e, "connection task failed");
+                match done {
+                    Ok(ip) => {
+                        if let Some(n) = per_ip.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                per_ip.remove(&ip);
+                            }
+                        }
+                    }
+                    Err(e) => warn!(%e, "connection task failed"),
                 }
                 continue;
             }
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
+        let remote = incoming.remote_address();
+        let ip = remote.ip();
+        let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+        if connections.len() >= max_total || from_ip >= max_per_ip {
+            // Before the handshake: a refused connection costs one datagram.
+            debug!(%remote, open = connections.len(), from_ip, "connection refused: over the limits");
+            incoming.refuse();
+            continue;
+        }
+        *per_ip.entry(ip).or_insert(0) += 1;
         let shared = shared.clone();
         let cancel = cancel.clone();
-        let remote = incoming.remote_address();
         connections.spawn(
             async move {
                 match incoming.await {
                     Ok(connection) => serve_connection(connection, shared, cancel).await,
                     Err(e) => debug!(%e, "handshake failed"),
                 }
+                ip
             }
             .instrument(tracing::debug_span!("conn", %remote)),
         );

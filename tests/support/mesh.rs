@@ -27,7 +27,13 @@ pub struct Process {
 impl Process {
     /// Starts `nano-connect ARGS` and waits (at most 20 s) for its `listening` line.
     pub fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(binary())
+        Self::start_with(binary(), args)
+    }
+
+    /// [`Process::start`] of `program ARGS` (a shell that runs `nano-connect` under
+    /// limits, say); it must print the `listening` line.
+    pub fn start_with(program: &str, args: &[&str]) -> Process {
+        let mut child = Command::new(program)
             .envs(super::scratch::env())
             .args(args)
             .env("RUST_LOG", "warn")
@@ -179,6 +185,11 @@ pub fn worker(grape_url: &str, key: &str, extra: &[&str]) -> (Process, u16) {
 /// Runs `nano-connect ARGS` to completion with `stdin` and returns its output; it is
 /// killed after 30 s.
 pub async fn run(args: &[&str], stdin: &str) -> Output {
+    run_with_input(args, stdin.as_bytes()).await
+}
+
+/// [`run`] with any bytes on stdin (not only UTF-8 text).
+pub async fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(binary())
         .args(args)
@@ -191,7 +202,7 @@ pub async fn run(args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("start nano-connect");
     if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes()).await;
+        let _ = input.write_all(stdin).await;
     }
     tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
