@@ -73,7 +73,7 @@ fn open_files_limit() -> Option<u64> {
         // SAFETY: getrlimit(2) writes into the struct it is given and reads nothing else.
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
         if rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
-            return Some(limit.rlim_cur as u64);
+            return Some(limit.rlim_cur);
         }
     }
     None
