@@ -1,6 +1,7 @@
 //! The transport under the RPC layer: one UDP socket per process role, built with
 //! socket2, and a QUIC endpoint (RFC 9000, quinn) on it.
 
+pub mod admission;
 pub mod nat_socket;
 mod quic;
 pub mod tls;
