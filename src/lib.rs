@@ -22,6 +22,8 @@
 //! - [`service`], [`nano`], [`echo`], [`fibonacci`]: what a worker serves.
 //! - [`limits`], [`metrics`]: rate limits and Prometheus metrics.
 //! - [`gateway`], [`bench`]: faces on top (with the CLI in `src/cli/`).
+//! - [`web`]: the WebTransport face for browsers (workers' RPC, grapes' lookups) and its
+//!   certificates; the page's side is `web/nano-connect.js`.
 //! - [`defaults`]: every default value, with the reason for it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
@@ -41,6 +43,7 @@ pub mod route;
 pub mod service;
 pub mod transport;
 pub mod traversal;
+pub mod web;
 pub mod worker;
 
 pub use grape;

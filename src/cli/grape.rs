@@ -8,7 +8,13 @@ use clap::Args;
 use grape::{Grape, GrapeConfig};
 use nano_connect::broker::rendezvous::{RelayConfig, RendezvousConfig};
 use nano_connect::broker::Broker;
-use tracing::info;
+use nano_connect::discovery::Directory;
+use nano_connect::protocol::web::WebEndpoint;
+use nano_connect::route::{Discovery, RpcClient, RpcClientConfig};
+use nano_connect::web::lookup::WebLookup;
+use nano_connect::web::{WebServer, WebServerConfig};
+use std::sync::Arc;
+use tracing::{info, warn};
 
 /// Run a grape: a BitTorrent mainline DHT node (BEP 5, BEP 44) in server mode, and the
 /// Grenache-compatible HTTP API (/announce, /lookup, /put, /get) next to it.
@@ -80,6 +86,81 @@ pub struct GrapeArgs {
     /// toward the asker).
     #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_CONNECTS_PER_MINUTE, value_name = "N")]
     introduction_rate: u32,
+    /// UDP port of the WebTransport face, where web pages look keys up (docs/protocol.md
+    /// §8), on --bind. Default: the DHT port + 20000 (− 20000 above 45535); 0 = any.
+    #[arg(long, value_name = "PORT")]
+    web_port: Option<u16>,
+    /// The IP address pages reach the WebTransport face at, written in the bootstrap
+    /// string the grape prints. Default: --public-ip, else --bind, else 127.0.0.1.
+    #[arg(long, value_name = "IP")]
+    web_host: Option<IpAddr>,
+    /// File that keeps the WebTransport certificates across restarts, so that bootstrap
+    /// strings given out stay good (private keys inside: mode 0600). Default:
+    /// DATA_DIR/nano-connect/grape-web-PORT.json.
+    #[arg(long, value_name = "FILE", env = "NANO_CONNECT_WEB_CERTS")]
+    web_certs: Option<std::path::PathBuf>,
+    /// Do not serve web pages over WebTransport.
+    #[arg(long)]
+    no_web: bool,
+}
+
+/// The default WebTransport port of a grape: its DHT port + 20000 (− 20000 when that
+/// overflows), any free port for a DHT on any port.
+fn web_port(dht_port: u16, bound_dht_port: u16) -> u16 {
+    if dht_port == 0 {
+        return 0;
+    }
+    bound_dht_port
+        .checked_add(20_000)
+        .unwrap_or(bound_dht_port.saturating_sub(20_000))
+}
+
+/// Starts the grape's WebTransport face: lookups for pages, through a client of the
+/// grape's own DHT node. `None` (with a warning) when the default port is taken.
+async fn start_web(
+    args: &GrapeArgs,
+    grape: &Grape,
+) -> anyhow::Result<Option<(WebServer, WebEndpoint)>> {
+    if args.no_web {
+        return Ok(None);
+    }
+    let port = args
+        .web_port
+        .unwrap_or_else(|| web_port(args.dht_port, grape.dht_addr().port()));
+    let ring_file = match &args.web_certs {
+        Some(path) => path.clone(),
+        None => dirs::data_dir()
+            .context("no data folder for the WebTransport certificates: give --web-certs FILE")?
+            .join("nano-connect")
+            .join(format!("grape-web-{port}.json")),
+    };
+    let client = RpcClient::new(
+        Discovery::Directory(Directory::Dht(grape.dht_shared())),
+        RpcClientConfig::default(),
+    )
+    .context("cannot make the WebTransport lookup's client")?;
+    let lookup = Arc::new(WebLookup::new(client));
+    let config = WebServerConfig {
+        bind: SocketAddr::new(IpAddr::V4(args.bind), port),
+        ring_file: Some(ring_file),
+        ..WebServerConfig::default()
+    };
+    let server = match WebServer::bind(config, lookup.clone()) {
+        Ok(server) => server,
+        Err(e) if args.web_port.is_none() => {
+            warn!(error = %e, "no WebTransport face (give --web-port PORT, or --no-web)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("--web-port"),
+    };
+    let host = args.web_host.unwrap_or_else(|| match args.public_ip {
+        Some(ip) => IpAddr::V4(ip),
+        None if !args.bind.is_unspecified() => IpAddr::V4(args.bind),
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    });
+    lookup.set_own(host, server.listing());
+    let endpoint = server.endpoint_at(SocketAddr::new(host, 0));
+    Ok(Some((server, endpoint)))
 }
 
 pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
@@ -87,7 +168,7 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|d| *d >= Duration::from_millis(4))
         .context("--announce-window must be at least 0.004 seconds")?;
-    let bootstrap = args.bootstrap.map(|nodes| {
+    let bootstrap = args.bootstrap.clone().map(|nodes| {
         nodes
             .into_iter()
             .map(|n| n.trim().to_string())
@@ -163,6 +244,7 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
             nano_connect::defaults::DEFAULT_ANNOUNCE_INTERVAL,
         );
     }
+    let web = start_web(&args, &grape).await?;
     info!(dht = %grape.dht_addr(), api = %grape.api_addr(), broker = ?broker.as_ref().map(Broker::addr), "grape serving");
     let mut event = serde_json::json!({
         "event": "listening",
@@ -174,10 +256,17 @@ pub async fn run(args: GrapeArgs) -> anyhow::Result<()> {
         event["broker"] = broker.addr().to_string().into();
         event["broker_alt"] = broker.alt_addr().to_string().into();
     }
+    if let Some((_, endpoint)) = &web {
+        // The bootstrap string a page carries to reach the mesh through this grape.
+        event["web"] = endpoint.to_string().into();
+    }
     super::emit(event);
     super::shutdown_signal().await;
     stop_metrics.cancel();
     info!("shutting down");
+    if let Some((web, _)) = web {
+        web.shutdown(Duration::from_millis(200)).await;
+    }
     if let Some(broker) = broker {
         broker.shutdown().await;
     }

@@ -18,6 +18,7 @@ use nano_connect::nano::config::{self as nano_config, NanoService, NanoServiceCo
 use nano_connect::nano::NanoRelay;
 use nano_connect::service::{Handler, Reply, Request};
 use nano_connect::traversal::broker_of;
+use nano_connect::web::WebServerConfig;
 use nano_connect::worker::health::{self, DEFAULT_HEALTH_INTERVAL};
 use nano_connect::worker::{keyfile, BrokerChoice, Mode, PresenceEvent, WorkerBuilder};
 use tracing::{info, warn};
@@ -92,6 +93,13 @@ pub struct WorkerArgs {
     /// Address to bind the UDP socket to.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
+    /// UDP port of the WebTransport face for browsers (0 = any free port; it is listed
+    /// in the worker's signed record with its certificate hashes).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    web_port: u16,
+    /// Do not serve browsers over WebTransport.
+    #[arg(long)]
+    no_web: bool,
     /// Seconds between re-announces and record publications, with ±50 % jitter as
     /// Grenache does. Must be at most half the grapes' announce window (256 s by default).
     #[arg(long, default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs_f64(), value_name = "SECS")]
@@ -239,6 +247,19 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             config.quic.max_concurrent_streams = streams;
         }
     });
+    if !args.no_web {
+        builder = builder.web(WebServerConfig {
+            bind: SocketAddr::new(args.bind, args.web_port),
+            max_sessions: max_connections,
+            max_sessions_per_ip: max_per_ip,
+            quic: nano_connect::transport::QuicConfig {
+                max_concurrent_streams: max_streams
+                    .unwrap_or(nano_connect::defaults::DEFAULT_MAX_CONCURRENT_STREAMS),
+                ..Default::default()
+            },
+            ..WebServerConfig::default()
+        });
+    }
     builder = builder.directory(match &args.grape {
         Some(url) => Directory::Grape(Link::new(url)),
         None => super::embedded_directory(args.bootstrap.clone()).await?,
@@ -327,6 +348,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "key": args.announce,
         "node_id": worker.node_id().to_string(),
         "metrics": worker.metrics_addr().map(|a| a.to_string()),
+        "web": worker.web().map(|web| {
+            let listing = web.listing().borrow().clone();
+            serde_json::json!({"addr": web.local_addr().to_string(), "sha256": listing.sha256})
+        }),
     }));
     super::shutdown_signal().await;
     info!("shutting down");

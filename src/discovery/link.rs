@@ -164,17 +164,10 @@ impl Link {
     ///
     /// Errors: unreachable grape, or its `ERR_GRAPE_PUT*` code.
     pub async fn put_record(&self, record: &WireRecord) -> Result<(), LinkError> {
-        let v = std::str::from_utf8(&record.v).map_err(|_| LinkError::BadAnswer {
+        let data = record.to_json().ok_or_else(|| LinkError::BadAnswer {
             what: "record",
             detail: "the record body is not UTF-8 text".into(),
         })?;
-        let data = serde_json::json!({
-            "v": v,
-            "k": hex::encode(record.k),
-            "sig": hex::encode(record.sig),
-            "seq": record.seq,
-            "salt": record.salt,
-        });
         self.request("put", &data).await.map(|_| ())
     }
 

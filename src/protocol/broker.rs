@@ -381,6 +381,7 @@ mod tests {
                 reflexive: "203.0.113.101:41234".parse().unwrap(),
             }],
             sym: false,
+            web: None,
         };
         Record::sign(&NodeKey::from_seed([4; 32]), &salt, 1_795_317_760_000, body)
             .unwrap()

@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{NodeId, NodeKey};
 
+/// The service key under which a worker answers, on its own RPC face, with its current
+/// record for the service key in the request's body (MessagePack [`WireRecord`]).
+pub const RECORD_SERVICE: &str = "nano-connect/record";
+
 /// Version of the record body format.
 pub const RECORD_VERSION: u8 = 1;
 
@@ -68,6 +72,22 @@ pub struct RecordBody {
     /// Whether the worker's NAT maps endpoint-dependently (RFC 4787 §4.1, "symmetric").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sym: bool,
+    /// Where browsers reach the worker over WebTransport, and the certificates they may
+    /// accept there (docs/protocol.md §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebFace>,
+}
+
+/// A worker's WebTransport face as its record gives it: `https://ADDR/nano-connect` for
+/// each address, with the certificate hashes a page passes as `serverCertificateHashes`
+/// (W3C WebTransport): the one served now and the next one, so that a page holding the
+/// record connects across a rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebFace {
+    /// UDP addresses of the WebTransport (HTTP/3) endpoint.
+    pub addrs: Vec<SocketAddr>,
+    /// SHA-256 of each certificate, 64 lowercase hex digits; at most 4.
+    pub sha256: Vec<String>,
 }
 
 /// A record as it travels: the BEP 44 fields, unverified (MessagePack in broker
@@ -216,6 +236,20 @@ impl Record {
 }
 
 impl WireRecord {
+    /// The record as the grape's HTTP API (`/put`, `/get`) and its WebTransport lookup
+    /// carry it: `{"k": hex, "salt": text, "seq": int, "v": text, "sig": hex}`. `None`
+    /// when `v` is not UTF-8 (no record of this crate's making).
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        let v = std::str::from_utf8(&self.v).ok()?;
+        Some(serde_json::json!({
+            "v": v,
+            "k": hex::encode(self.k),
+            "sig": hex::encode(self.sig),
+            "seq": self.seq,
+            "salt": self.salt,
+        }))
+    }
+
     /// The wire form of a BEP 44 mutable item fetched from the DHT (its salt must be
     /// UTF-8: a service key).
     pub fn from_mutable_item(item: &mainline::MutableItem) -> Option<Self> {
@@ -316,6 +350,7 @@ mod tests {
                 reflexive: "198.51.100.7:41234".parse().unwrap(),
             }],
             sym: false,
+            web: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //!
 //!   NatSocket ─┬─ QUIC ──► server (one stream per request) ──► handler ──► node
 //!              └─ other ─► Mux ─► presence (registrations, introductions, punches, List)
+//!   WebServer (own UDP port, browsers) ──► server's stream code ──┘   (optional)
 //! ```
 //!
 //! - [`server`]: the RPC server: accept, one request frame per stream, answer.
@@ -26,7 +27,7 @@ pub mod health;
 pub mod keyfile;
 pub mod presence;
 pub mod punching;
-mod server;
+pub(crate) mod server;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,7 @@ use crate::service::Handler;
 use crate::transport::nat_socket::NatSocket;
 use crate::transport::{server_endpoint, TransportError};
 use crate::traversal::Mux;
+use crate::web::{WebServer, WebServerConfig};
 use health::{AnswerCount, Probe};
 use punching::ServeExtra;
 
@@ -73,6 +75,9 @@ pub enum WorkerError {
     /// The service key cannot be carried in a record (BEP 44 salts are at most 64 bytes).
     #[error("service key {0:?} is longer than 64 bytes")]
     ServiceKey(String),
+    /// The WebTransport face could not start.
+    #[error(transparent)]
+    Web(crate::web::WebError),
 }
 
 /// Health probing of the worker's upstream.
@@ -95,6 +100,7 @@ pub struct WorkerBuilder {
     metrics: Option<Arc<WorkerMetrics>>,
     metrics_listen: Option<SocketAddr>,
     on_event: Option<Arc<dyn Fn(PresenceEvent) + Send + Sync>>,
+    web: Option<WebServerConfig>,
 }
 
 impl WorkerBuilder {
@@ -119,7 +125,16 @@ impl WorkerBuilder {
             metrics: None,
             metrics_listen: None,
             on_event: None,
+            web: None,
         }
+    }
+
+    /// Also serves browsers over WebTransport with `config` (its own UDP port and
+    /// certificates, listed in every record); default off. Requests that come this way
+    /// meet the same handler, policy and limits as native ones.
+    pub fn web(mut self, config: WebServerConfig) -> Self {
+        self.web = Some(config);
+        self
     }
 
     /// The node key (from [`keyfile::load_or_create`]); default a fresh one.
@@ -211,7 +226,16 @@ impl WorkerBuilder {
         let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
         let endpoint = server_endpoint(abstract_socket, &config.quic, &key)?;
         let handler = Arc::new(handler);
+        let (published, record) = watch::channel(None);
+        config.record = Some(record);
         let server = RpcServer::serve(endpoint, config.clone(), handler.clone());
+        let web = match self.web {
+            Some(web) => Some(
+                WebServer::bind(web, server::WebRpc::new(config.clone(), handler.clone()))
+                    .map_err(WorkerError::Web)?,
+            ),
+            None => None,
+        };
         let local_addr = server.local_addr();
         let cancel = CancellationToken::new();
 
@@ -328,12 +352,15 @@ impl WorkerBuilder {
                 healthy,
                 serve_extra: Some(serve_extra),
                 on_event,
+                web: web.as_ref().map(WebServer::listing),
+                published: Some(published),
             },
             cancel.clone(),
         ));
         Ok(Worker {
             node_id,
             local_addr,
+            web,
             metrics_addr,
             server,
             extra,
@@ -350,6 +377,7 @@ impl WorkerBuilder {
 pub struct Worker {
     node_id: NodeId,
     local_addr: SocketAddr,
+    web: Option<WebServer>,
     metrics_addr: Option<SocketAddr>,
     server: RpcServer,
     extra: Arc<Mutex<Vec<RpcServer>>>,
@@ -367,6 +395,11 @@ impl Worker {
     /// The UDP address of the worker's socket.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The WebTransport face, if it has one.
+    pub fn web(&self) -> Option<&WebServer> {
+        self.web.as_ref()
     }
 
     /// Where `/metrics` is served, if it is.
@@ -391,6 +424,9 @@ impl Worker {
             .unwrap_or_default();
         for server in extra {
             server.shutdown(Duration::from_millis(200)).await;
+        }
+        if let Some(web) = self.web {
+            web.shutdown(Duration::from_millis(200)).await;
         }
         self.server.shutdown(grace).await;
     }

@@ -36,9 +36,12 @@ use crate::protocol::broker::{
 };
 use crate::protocol::identity::NodeKey;
 use crate::protocol::punch::PunchSchedule;
-use crate::protocol::record::{Record, RecordBody, Via, MAX_RECORD_TTL, RECORD_VERSION};
+use crate::protocol::record::{
+    Record, RecordBody, Via, WebFace, WireRecord, MAX_RECORD_TTL, RECORD_VERSION,
+};
 use crate::transport::nat_socket::Diverted;
 use crate::traversal::{local_addrs, mapping_check, millis_u32, MappingCheck, Mux};
+use crate::web::WebListing;
 
 /// Which brokers a worker may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +145,47 @@ pub struct PresenceParts {
     pub serve_extra: Option<ServeExtra>,
     /// Told of every [`PresenceEvent`].
     pub on_event: Arc<dyn Fn(PresenceEvent) + Send + Sync>,
+    /// The worker's WebTransport face (its port and certificate hashes), when it has
+    /// one: every record lists it.
+    pub web: Option<watch::Receiver<WebListing>>,
+    /// Where each record signed is kept for the RPC server to answer
+    /// [`crate::protocol::record::RECORD_SERVICE`] with.
+    pub published: Option<watch::Sender<Option<WireRecord>>>,
+}
+
+/// The web face a record gives: the WebTransport port on the addresses callers use
+/// (the public ones, else the LAN ones), and the hashes served now and next.
+fn web_face(
+    parts: &PresenceParts,
+    direct: &[SocketAddr],
+    own_addrs: &[SocketAddr],
+) -> Option<WebFace> {
+    let listing = parts.web.as_ref()?.borrow().clone();
+    let base = if direct.is_empty() { own_addrs } else { direct };
+    Some(WebFace {
+        addrs: base
+            .iter()
+            .map(|a| SocketAddr::new(a.ip(), listing.port))
+            .collect(),
+        sha256: listing.sha256,
+    })
+}
+
+/// Signs `body` (with the web face added) and keeps the record for the RPC server.
+fn sign(
+    parts: &PresenceParts,
+    config: &PresenceConfig,
+    now: u64,
+    mut body: RecordBody,
+    direct: &[SocketAddr],
+    own_addrs: &[SocketAddr],
+) -> Result<Record, crate::protocol::record::RecordError> {
+    body.web = web_face(parts, direct, own_addrs);
+    let record = Record::sign(&parts.key, &config.service, now, body)?;
+    if let Some(published) = &parts.published {
+        published.send_replace(Some(record.wire.clone()));
+    }
+    Ok(record)
 }
 
 /// Milliseconds since the Unix epoch now.
@@ -495,7 +539,7 @@ fn current_record(
         None if !direct.is_empty() => public_body(direct.to_vec(), exp),
         None => return None,
     };
-    match Record::sign(&parts.key, &config.service, now, body) {
+    match sign(parts, config, now, body, direct, own_addrs) {
         Ok(record) => Some(record),
         Err(e) => {
             warn!(error = %e, "cannot sign this worker's record");
@@ -537,6 +581,7 @@ fn brokered_body(
         },
         via,
         sym: registrations.values().any(|r| r.symmetric),
+        web: None,
     })
 }
 
@@ -564,7 +609,7 @@ async fn register_all(
     let Some(body) = brokered_body(registrations, direct, own_addrs, exp, true) else {
         return;
     };
-    let record = match Record::sign(&parts.key, &config.service, now, body) {
+    let record = match sign(parts, config, now, body, direct, own_addrs) {
         Ok(record) => record,
         Err(e) => {
             warn!(error = %e, "cannot sign this worker's record");

@@ -9,17 +9,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-
 use crate::defaults::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_READ_TIMEOUT,
 };
 use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
 use crate::protocol::identity::NodeKey;
+use crate::protocol::record::{WireRecord, RECORD_SERVICE};
 use crate::service::{Handler, Reply, Request};
+use crate::transport::admission::Admission;
 use crate::transport::{bind_udp, server_endpoint, QuicConfig, TransportError};
+use tokio::sync::watch;
 
 use super::{CLOSE_NORMAL, STOP_REFUSED};
 
@@ -46,6 +46,10 @@ pub struct RpcServerConfig {
     /// The node key every handshake proves. Default: a fresh random key (an identity
     /// that lives as long as the server; workers load theirs from a key file).
     pub identity: NodeKey,
+    /// The worker's current signed record, answered to requests for
+    /// [`RECORD_SERVICE`] (a grape asks it for browsers, docs/protocol.md §8). `None`:
+    /// such requests get `unknown_service`.
+    pub record: Option<watch::Receiver<Option<WireRecord>>>,
 }
 
 impl Default for RpcServerConfig {
@@ -59,6 +63,7 @@ impl Default for RpcServerConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             quic: QuicConfig::default(),
             identity: NodeKey::generate(),
+            record: None,
         }
     }
 }
@@ -129,9 +134,10 @@ impl RpcServer {
     }
 }
 
-struct Shared<H> {
-    config: RpcServerConfig,
-    handler: H,
+/// What every connection of a server shares: its settings and the service.
+pub(crate) struct Shared<H> {
+    pub(crate) config: RpcServerConfig,
+    pub(crate) handler: H,
 }
 
 async fn accept_loop<H: Handler>(
@@ -140,9 +146,7 @@ async fn accept_loop<H: Handler>(
     cancel: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
-    // Connections (and handshakes) in progress per client IP.
-    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-    let (max_total, max_per_ip) = (
+    let mut admission = Admission::new(
         shared.config.max_connections,
         shared.config.max_connections_per_ip,
     );
@@ -152,14 +156,7 @@ async fn accept_loop<H: Handler>(
             _ = cancel.cancelled() => break,
             Some(done) = connections.join_next(), if !connections.is_empty() => {
                 match done {
-                    Ok(ip) => {
-                        if let Some(n) = per_ip.get_mut(&ip) {
-                            *n -= 1;
-                            if *n == 0 {
-                                per_ip.remove(&ip);
-                            }
-                        }
-                    }
+                    Ok(ip) => admission.release(ip),
                     Err(e) => warn!(%e, "connection task failed"),
                 }
                 continue;
@@ -169,14 +166,12 @@ async fn accept_loop<H: Handler>(
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
         let ip = remote.ip();
-        let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
-        if connections.len() >= max_total || from_ip >= max_per_ip {
+        if !admission.admit(ip) {
             // Before the handshake: a refused connection costs one datagram.
-            debug!(%remote, open = connections.len(), from_ip, "connection refused: over the limits");
+            debug!(%remote, open = admission.open(), from_ip = admission.from_ip(ip), "connection refused: over the limits");
             incoming.refuse();
             continue;
         }
-        *per_ip.entry(ip).or_insert(0) += 1;
         let shared = shared.clone();
         let cancel = cancel.clone();
         connections.spawn(
@@ -208,10 +203,11 @@ async fn serve_connection<H: Handler>(
             accepted = connection.accept_bi() => accepted,
         };
         match accepted {
-            Ok((send, recv)) => {
+            Ok((mut send, mut recv)) => {
                 let shared = shared.clone();
                 let peer = connection.remote_address();
-                streams.spawn(async move { serve_stream(send, recv, peer, &shared).await });
+                streams
+                    .spawn(async move { serve_stream(&mut send, &mut recv, peer, &shared).await });
             }
             Err(e) => {
                 debug!(reason = %e, "connection closed");
@@ -223,16 +219,18 @@ async fn serve_connection<H: Handler>(
 }
 
 /// Reads one request, answers it, finishes the stream. Never panics on peer input.
-async fn serve_stream<H: Handler>(
-    mut send: SendStream,
-    mut recv: RecvStream,
+/// Native QUIC streams and WebTransport streams (`src/web/`) both come here, so that
+/// both faces meet one policy, one set of limits and one set of metrics.
+pub(crate) async fn serve_stream<H: Handler>(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
     peer: SocketAddr,
     shared: &Shared<H>,
 ) {
     let config = &shared.config;
     let request = match tokio::time::timeout(
         config.read_timeout,
-        read_request(&mut recv, config.max_request_bytes),
+        read_request(recv, config.max_request_bytes),
     )
     .await
     {
@@ -243,7 +241,7 @@ async fn serve_stream<H: Handler>(
                 let _ = recv.stop(STOP_REFUSED.into());
             }
             let error = WireError::new(e.code(), e.to_string());
-            write_response(&mut send, ResponseFrame::failure(0, error), config).await;
+            write_response(send, ResponseFrame::failure(0, error), config).await;
             return;
         }
         Err(_) => {
@@ -255,12 +253,14 @@ async fn serve_stream<H: Handler>(
                     config.read_timeout.as_millis()
                 ),
             );
-            write_response(&mut send, ResponseFrame::failure(0, error), config).await;
+            write_response(send, ResponseFrame::failure(0, error), config).await;
             return;
         }
     };
     let id = request.id;
-    let response = if !config.keys.is_empty() && !config.keys.contains(&request.key) {
+    let response = if request.key == RECORD_SERVICE {
+        own_record(id, &request.body, config)
+    } else if !config.keys.is_empty() && !config.keys.contains(&request.key) {
         ResponseFrame::failure(
             id,
             WireError::new(
@@ -285,10 +285,60 @@ async fn serve_stream<H: Handler>(
             Reply::Failure(error) => ResponseFrame::failure(id, error),
         }
     };
-    write_response(&mut send, response, config).await;
+    write_response(send, response, config).await;
 }
 
-async fn read_request(recv: &mut RecvStream, limit: usize) -> Result<RequestFrame, FrameError> {
+/// A worker's RPC service on its WebTransport face: the streams go through
+/// [`serve_stream`] exactly as native ones do.
+pub(crate) struct WebRpc<H> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H: Handler> WebRpc<H> {
+    pub(crate) fn new(config: RpcServerConfig, handler: H) -> Self {
+        Self {
+            shared: Arc::new(Shared { config, handler }),
+        }
+    }
+}
+
+impl<H: Handler> crate::web::WebService for WebRpc<H> {
+    fn serve_stream<'a>(
+        &'a self,
+        send: &'a mut SendStream,
+        recv: &'a mut RecvStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        serve_stream(send, recv, peer, &self.shared)
+    }
+}
+
+/// The answer to a [`RECORD_SERVICE`] request: the record for the service key in `body`,
+/// MessagePack-encoded (named fields, as in broker messages).
+fn own_record(id: u64, body: &[u8], config: &RpcServerConfig) -> ResponseFrame {
+    let current = config.record.as_ref().and_then(|r| r.borrow().clone());
+    match current {
+        Some(record) if record.salt.as_bytes() == body => match rmp_serde::to_vec_named(&record) {
+            Ok(bytes) => ResponseFrame::answer(id, 200, bytes),
+            Err(e) => {
+                ResponseFrame::failure(id, WireError::new(ErrorCode::Internal, e.to_string()))
+            }
+        },
+        _ => ResponseFrame::failure(
+            id,
+            WireError::new(
+                ErrorCode::UnknownService,
+                "this worker has no record for that service key (yet)",
+            ),
+        ),
+    }
+}
+
+/// Reads the one request frame of a stream, at most `limit` bytes after the prefix.
+pub(crate) async fn read_request(
+    recv: &mut RecvStream,
+    limit: usize,
+) -> Result<RequestFrame, FrameError> {
     let mut prefix = [0u8; frame::LENGTH_PREFIX_LEN];
     if let Err(e) = recv.read_exact(&mut prefix).await {
         return Err(match e {
@@ -319,7 +369,12 @@ async fn read_request(recv: &mut RecvStream, limit: usize) -> Result<RequestFram
     frame::decode_body(&body)
 }
 
-async fn write_response(send: &mut SendStream, response: ResponseFrame, config: &RpcServerConfig) {
+/// Writes `response` (or an `internal` error frame when it is too large) and finishes.
+pub(crate) async fn write_response(
+    send: &mut SendStream,
+    response: ResponseFrame,
+    config: &RpcServerConfig,
+) {
     let id = response.id;
     let bytes = match frame::encode(&response, config.max_response_bytes) {
         Ok(bytes) => bytes,
