@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests (`mod support;` in each test file).
 //!
+//! - [`browser`]: headless Chromium driven through `tests/web/browser.mjs`.
 //! - [`mesh`]: real `nano-connect` processes (grapes, workers) with OS-chosen ports.
 //! - [`natlab`]: a NAT lab of network namespaces and nftables routers (needs root).
 //! - [`matrix`]: the NAT matrix of issue 3 (grapes, workers, calls) on a [`natlab`] lab.
@@ -9,6 +10,8 @@
 //!
 //! Each test file uses only some of these helpers, hence the `dead_code` allowances.
 
+#[allow(dead_code)]
+pub mod browser;
 #[allow(dead_code)]
 pub mod matrix;
 #[allow(dead_code)]

@@ -1,6 +1,7 @@
 //! Scratch files of one test process: a fresh key file and worker cache for every
 //! `nano-connect` process a test starts, so that workers have node keys of their own and
-//! calls start with an empty cache unless a test passes `--key` or `--cache`.
+//! calls start with an empty cache unless a test passes `--key` or `--cache`, and every
+//! grape keeps its WebTransport certificates in a file of its own.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +18,10 @@ pub fn path(what: &str) -> PathBuf {
 
 /// The environment that gives a process its own key file and worker cache, and forbids
 /// it to join the public DHT (a test must name its grapes or bootstrap nodes).
-pub fn env() -> [(&'static str, PathBuf); 3] {
+pub fn env() -> [(&'static str, PathBuf); 4] {
     [
         ("NANO_CONNECT_KEY", path("worker.key")),
+        ("NANO_CONNECT_WEB_CERTS", path("web-certs.json")),
         ("NANO_CONNECT_CACHE", path("workers.json")),
         ("NANO_CONNECT_NO_PUBLIC_DHT", PathBuf::from("1")),
     ]
