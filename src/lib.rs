@@ -23,6 +23,8 @@
 //! - [`limits`], [`metrics`]: rate limits and Prometheus metrics.
 //! - [`gateway`], [`bench`]: faces on top (with the CLI in `src/cli/`).
 //! - [`defaults`]: every default value, with the reason for it.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`, shared with
+//!   the corpus replay test (`docs/fuzzing.md`).
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
@@ -32,6 +34,8 @@ pub mod defaults;
 pub mod discovery;
 pub mod echo;
 pub mod fibonacci;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;
