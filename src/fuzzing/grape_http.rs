@@ -1,23 +1,36 @@
 //! Raw HTTP/1.1 bytes to the grape's API, in process.
 //!
-//! The bytes go through an in-memory stream to hyper's HTTP/1.1 server (the parser the
-//! grape's listener uses) and from there to [`grape::http::router`], over a lone DHT node
-//! bound to loopback that knows no other node, so nothing leaves the host. Whatever the
-//! bytes, the connection must end, every answer must be an HTTP response, and none may
-//! be a 500 (a handler that failed).
+//! The bytes go through an in-memory stream to hyper's HTTP/1.1 server, built as
+//! `grape::http::serve` builds it (timer, header-read timeout, keep-alive, upgrades), and
+//! from there to [`grape::http::router`] with the client's address as `ConnectInfo`
+//! (a different one per input, so that the per-source quotas neither hide the DHT path
+//! nor go untried), over a lone DHT node bound to loopback that knows no other node, so
+//! nothing leaves the host. One difference: the connection takes half-closes, since the
+//! fuzz client ends its input by closing its side and then reads the answers. Whatever
+//! the bytes, the connection must end, every answer must be an HTTP response, and none
+//! may be a 500 (a handler that failed).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
 
 /// What every input shares: a runtime and the router over one lone DHT node.
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
 }
+
+/// The header-read timeout of the connection (the grape's default; an input ends long
+/// before it).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest one input may take before it counts as a hang.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -73,13 +86,29 @@ const MAX_SPINS: u64 = 24 * 3600 * 5000;
 
 /// One connection carrying `data` (see the module doc).
 pub fn grape_http(data: &[u8]) {
+    static NEXT_PEER: AtomicU32 = AtomicU32::new(0);
     let fixture = fixture();
+    let n = NEXT_PEER.fetch_add(1, Ordering::Relaxed);
+    let peer = SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 40000));
     let answer = fixture.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let service = TowerToHyperService::new(fixture.router.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .serve_connection(TokioIo::new(server), service);
+        let service = fixture.router.clone().map_request(
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        );
+        let service = TowerToHyperService::new(service);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true)
+            .half_close(true);
+        let connection = builder
+            .serve_connection(TokioIo::new(server), service)
+            .with_upgrades();
         let talk = async {
             // The server may close before it read everything (a bad request): a write
             // error then is the connection ending, not a finding.
