@@ -25,6 +25,8 @@
 //! - [`web`]: the WebTransport face for browsers (workers' RPC, grapes' lookups) and its
 //!   certificates; the page's side is `web/nano-connect.js`.
 //! - [`defaults`]: every default value, with the reason for it.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`, shared with
+//!   the corpus replay test (`docs/fuzzing.md`).
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
@@ -34,6 +36,8 @@ pub mod defaults;
 pub mod discovery;
 pub mod echo;
 pub mod fibonacci;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;

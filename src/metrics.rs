@@ -40,8 +40,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::service::{Handler, Reply, Request};
@@ -222,11 +222,15 @@ impl Default for WorkerMetrics {
 /// |---|---|---|
 /// | `nano_connect_gateway_requests_total` | counter | `outcome` = `answered`, or the failure code (`no_worker`, `timeout`, `action_not_allowed`, `disagreement`, ...) |
 /// | `nano_connect_gateway_latency_seconds` | histogram | (every carried request) |
+/// | `nano_connect_gateway_failovers_total` | counter | (requests answered by another worker after the first failed them) |
+/// | `nano_connect_gateway_failover_workers_total` | counter | (workers given up on, over those requests) |
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: Histogram,
+    failovers: IntCounter,
+    failover_workers: IntCounter,
 }
 
 impl GatewayMetrics {
@@ -252,13 +256,29 @@ impl GatewayMetrics {
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric names");
+        let failovers = IntCounter::new(
+            "nano_connect_gateway_failovers_total",
+            "Requests answered by a worker after at least one other worker failed them",
+        )
+        .expect("valid metric");
+        let failover_workers = IntCounter::new(
+            "nano_connect_gateway_failover_workers_total",
+            "Workers given up on (unreachable, died or too slow) by requests that were \
+             then answered by another",
+        )
+        .expect("valid metric");
         registry
-            .register(Box::new(latency.clone()))
+            .register(Box::new(failovers.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(failover_workers.clone()))
             .expect("unique metric names");
         Self {
             registry,
             requests,
             latency,
+            failovers,
+            failover_workers,
         }
     }
 
@@ -271,6 +291,16 @@ impl GatewayMetrics {
     pub fn carried(&self, outcome: &str, took: Duration) {
         self.requests.with_label_values(&[outcome]).inc();
         self.latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts one request that was answered after `workers` other workers failed it
+    /// (nothing when `workers` is 0).
+    pub fn failed_over(&self, workers: usize) {
+        if workers > 0 {
+            self.failovers.inc();
+            self.failover_workers
+                .inc_by(u64::try_from(workers).unwrap_or(u64::MAX));
+        }
     }
 }
 
@@ -435,4 +465,34 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .expect("text exposition");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn gateway_failovers_count_requests_and_the_workers_given_up() {
+        let metrics = GatewayMetrics::new();
+        metrics.failed_over(0);
+        metrics.failed_over(2);
+        metrics.failed_over(1);
+        let text = text(metrics.registry());
+        assert!(
+            text.contains("nano_connect_gateway_failovers_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nano_connect_gateway_failover_workers_total 3"),
+            "{text}"
+        );
+    }
 }

@@ -121,6 +121,37 @@ async fn http_baseline_posts_to_the_node_stand_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_starts_requests_on_a_fixed_schedule() {
+    let stub = NanoStub::start(Mode::RsNano).await;
+    // 60 requests at 40 per second: the last one starts 59/40 s after the first.
+    let report = bench(&[
+        "--http",
+        &stub.url(),
+        "--body",
+        r#"{"action":"block_count"}"#,
+        "-c",
+        "8",
+        "-n",
+        "60",
+        "--warmup",
+        "1",
+        "--rate",
+        "40",
+    ])
+    .await;
+    assert_eq!(report["ok"], 60, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let elapsed = report["elapsed_s"].as_f64().unwrap_or(0.0);
+    assert!(elapsed >= 59.0 / 40.0, "{report}");
+    let refused = mesh::run(&["bench", "--http", &stub.url(), "--rate", "0"], "").await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--rate"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_opened_held_and_closed() {
     // All 300 come from one address: lift the worker's per-address cap (64).
     let (_worker, port) = mesh::worker(

@@ -73,6 +73,28 @@ pub struct LoadConfig {
     pub body: Vec<u8>,
     /// Deadline of one request.
     pub timeout: Duration,
+    /// Requests per second to start, in all (`None`: as fast as `concurrency` in flight
+    /// allow). Requests start on a fixed schedule from the start of the measured part,
+    /// with at most `concurrency` in flight: a slow answer delays only its own task, and
+    /// a run that falls behind catches up at once. Latency is measured from when a
+    /// request was sent, not from when the schedule wanted it.
+    pub rate: Option<f64>,
+}
+
+/// The fixed start schedule of [`LoadConfig::rate`]: the n-th request starts n / rate
+/// seconds after the measured part began.
+struct Pace {
+    started: Instant,
+    rate: f64,
+    issued: AtomicU64,
+}
+
+impl Pace {
+    /// When the next request should start.
+    fn next(&self) -> Instant {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.started + Duration::from_secs_f64(n as f64 / self.rate)
+    }
 }
 
 /// Latency percentiles of a run, in microseconds.
@@ -237,11 +259,22 @@ pub async fn run_load(target: Target, config: LoadConfig) -> Result<LoadReport, 
     let remaining = Arc::new(AtomicU64::new(config.requests));
     let started = Instant::now();
     let deadline = started + config.duration;
+    let pace = config
+        .rate
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(|rate| {
+            Arc::new(Pace {
+                started,
+                rate,
+                issued: AtomicU64::new(0),
+            })
+        });
     let mut tasks = JoinSet::new();
     for i in 0..concurrency {
         let sender = senders[i % senders.len()].clone();
         let body = body.clone();
         let remaining = remaining.clone();
+        let pace = pace.clone();
         tasks.spawn(async move {
             let mut latencies = histogram();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -253,6 +286,13 @@ pub async fn run_load(target: Target, config: LoadConfig) -> Result<LoadReport, 
                     .is_err()
                 {
                     break;
+                }
+                if let Some(pace) = &pace {
+                    let at = pace.next();
+                    if at >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
                 }
                 let sent = Instant::now();
                 if sent >= deadline {

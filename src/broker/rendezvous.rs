@@ -21,7 +21,12 @@
 //!   broker, and the broker sends both sides an `Introduce` with the other's reflexive
 //!   and local addresses, one fresh nonce, the worker's record to the client, and start
 //!   delays from the two RTTs so that both start at the same instant (libp2p DCUtR):
-//!   each side waits `(max_rtt - own_rtt) / 2`.
+//!   each side waits `(max_rtt - own_rtt) / 2`. The client's `Introduce` keeps within
+//!   three times its `Connect` as a `List` answer does (without the record, then with
+//!   fewer of the worker's local addresses); a `Connect` too small even for that is
+//!   refused and the worker is told nothing. No answer to a `List` or `Connect`, a
+//!   refusal included, is ever sent over that budget: a request too small for any gets
+//!   none.
 //! - **Relay** (in the spirit of libp2p circuit relay v2): a registration is the worker's
 //!   reservation; a client that could not punch asks `RelayRequest` with the nonce, and
 //!   gets a circuit limited in bytes and duration, subject to a circuit count limit and a
@@ -259,7 +264,7 @@ impl Rendezvous {
                 vec![(from, self.unregister(inbound, tx, record))]
             }
             BrokerMessage::List { tx, key, skip, .. } => {
-                vec![(from, self.list(inbound, tx, &key, skip))]
+                within_budget(inbound, vec![(from, self.list(inbound, tx, &key, skip))])
             }
             BrokerMessage::Connect {
                 tx,
@@ -269,7 +274,10 @@ impl Rendezvous {
                 rtt_ms,
                 symmetric,
                 ..
-            } => self.introduce(inbound, tx, &key, node, local, rtt_ms, symmetric),
+            } => within_budget(
+                inbound,
+                self.introduce(inbound, tx, &key, node, local, rtt_ms, symmetric),
+            ),
             BrokerMessage::RelayRequest { tx, nonce } => self.open_circuit(now, from, tx, nonce),
             // Answers and pushes are the broker's own kinds: a peer sending them is confused.
             BrokerMessage::Pong { tx, .. }
@@ -341,8 +349,9 @@ impl Rendezvous {
                     ))
                 } else if entries.len() >= limits.per_key {
                     Some(format!(
-                        "{} workers are registered for {:?} already",
-                        limits.per_key, record.service
+                        "{} workers are registered for {} already",
+                        limits.per_key,
+                        quoted_key(&record.service)
                     ))
                 } else if !key_known && keys >= limits.keys {
                     Some(format!("{} service keys are served already", limits.keys))
@@ -493,8 +502,14 @@ impl Rendezvous {
         };
         let Some(worker) = chosen.cloned() else {
             let message = match node.and_then(|n| NodeId::from_bytes(n).ok()) {
-                Some(node) => format!("node {node} is not registered for {key:?} at this broker"),
-                None => format!("no worker is registered for {key:?} at this broker"),
+                Some(node) => format!(
+                    "node {node} is not registered for {} at this broker",
+                    quoted_key(key)
+                ),
+                None => format!(
+                    "no worker is registered for {} at this broker",
+                    quoted_key(key)
+                ),
             };
             return vec![(client, refusal(tx, None, RefusalCode::NoWorker, &message))];
         };
@@ -511,12 +526,36 @@ impl Rendezvous {
             peer_symmetric: worker.symmetric,
             record: Some(worker.record.clone()),
         };
-        if encoded_len(&to_client) > answer_budget(inbound.len) {
+        let budget = answer_budget(inbound.len);
+        if encoded_len(&to_client) > budget {
             // Too small a request for the record: the client learns the node from the
             // handshake instead (it pads its Connect to get the record, §5.3).
             if let BrokerMessage::Introduce { record, .. } = &mut to_client {
                 *record = None;
             }
+        }
+        // Still too large (an unpadded Connect, a worker with many local addresses):
+        // fewer of the worker's local addresses, which only matter on its own LAN.
+        while encoded_len(&to_client) > budget {
+            let BrokerMessage::Introduce { peer_local, .. } = &mut to_client else {
+                break;
+            };
+            if peer_local.pop().is_none() {
+                break;
+            }
+        }
+        if encoded_len(&to_client) > budget {
+            // No introduction at all: the worker would punch toward an address that
+            // may be spoofed, for a request too small to answer.
+            return vec![(
+                client,
+                refusal(
+                    tx,
+                    None,
+                    RefusalCode::BadRequest,
+                    "Connect too small for an answer; pad it",
+                ),
+            )];
         }
         self.introductions.insert(
             nonce,
@@ -700,6 +739,34 @@ impl Rendezvous {
         self.connect_rate
             .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
     }
+}
+
+/// `key` in quotes with escapes, its first [`MAX_QUOTED_KEY_CHARS`] characters only: a
+/// refusal that quoted a whole key (up to a datagram, each control character escaped to
+/// six) could outgrow both the datagram limit and the answer budget.
+fn quoted_key(key: &str) -> String {
+    if key.chars().count() <= MAX_QUOTED_KEY_CHARS {
+        format!("{key:?}")
+    } else {
+        let short: String = key.chars().take(MAX_QUOTED_KEY_CHARS).collect();
+        format!("{short:?}...")
+    }
+}
+
+/// Longest part of a service key quoted in a refusal, characters.
+const MAX_QUOTED_KEY_CHARS: usize = 64;
+
+/// The answers to a `List` or `Connect`, less those to its sender that are over three
+/// times its size ([`AMPLIFICATION_FACTOR`], RFC 9000 §8.1): a request too small for
+/// any answer (an unpadded or compactly encoded one) gets none, as a QUIC server sends
+/// nothing beyond the factor, so that a spoofed source is never flooded.
+fn within_budget(
+    inbound: &Inbound,
+    mut out: Vec<(SocketAddr, BrokerMessage)>,
+) -> Vec<(SocketAddr, BrokerMessage)> {
+    let budget = answer_budget(inbound.len);
+    out.retain(|(to, message)| *to != inbound.from || encoded_len(message) <= budget);
+    out
 }
 
 fn refusal(tx: u64, circuit: Option<u32>, code: RefusalCode, message: &str) -> BrokerMessage {
@@ -1250,5 +1317,104 @@ mod tests {
             relay_for(&mut r, now, addr("203.0.113.3:3000")),
             Err(RefusalCode::RelayFull)
         );
+    }
+
+    /// Found by the `rendezvous` fuzz target (fuzz/regressions/rendezvous/): an
+    /// unpadded 54-byte `Connect` was answered with a 174-byte `Introduce`, over the
+    /// three times its size that [`AMPLIFICATION_FACTOR`] promises.
+    #[test]
+    fn an_unpadded_connect_gets_nothing_over_three_times_its_size() {
+        use crate::protocol::identity::NodeKey;
+        use crate::protocol::record::{RecordBody, Via, RECORD_VERSION};
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        let worker = addr("203.0.113.1:1000");
+        let body = RecordBody {
+            v: RECORD_VERSION,
+            exp: WALL + 240_000,
+            local: (1..=8)
+                .map(|i| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 40000 + i)))
+                .collect(),
+            via: vec![Via {
+                broker: addr("203.0.113.250:30001"),
+                reflexive: worker,
+            }],
+            ..RecordBody::default()
+        };
+        let record = Record::sign(&NodeKey::from_seed([1; 32]), "k", WALL, body)
+            .unwrap()
+            .wire;
+        assert!(matches!(
+            register_as(&mut r, now, worker, record),
+            BrokerMessage::Registered { .. }
+        ));
+        let client = addr("[2001:db8::99]:5000");
+        for pad in [0, 20, 60, 400] {
+            let connect = BrokerMessage::Connect {
+                tx: 1,
+                key: "k".into(),
+                node: None,
+                local: vec![],
+                rtt_ms: 0,
+                symmetric: false,
+                pad: vec![0; pad],
+            };
+            let len = encoded_len(&connect);
+            let out = r.handle(
+                &Inbound {
+                    len,
+                    ..inbound(now, client)
+                },
+                connect,
+            );
+            for (to, answer) in &out {
+                if *to == client {
+                    let n = encoded_len(answer);
+                    assert!(n <= 3 * len, "{len} B answered with {n} B: {answer:?}");
+                }
+            }
+            // The worker punches only when the client hears of it.
+            let told_worker = out.iter().any(|(to, _)| *to == worker);
+            let told_client = out
+                .iter()
+                .any(|(to, m)| *to == client && matches!(m, BrokerMessage::Introduce { .. }));
+            assert_eq!(told_worker, told_client, "pad {pad}: {out:?}");
+            if pad == 400 {
+                assert!(told_client, "a padded Connect is introduced");
+            }
+        }
+    }
+
+    /// Found by the `rendezvous` fuzz target: a refusal quoted the whole service key, so
+    /// a `Connect` for a key of control characters (each escaped to six bytes) was
+    /// answered with several datagrams' worth of bytes.
+    #[test]
+    fn refusals_quote_long_keys_shortened() {
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        let connect = BrokerMessage::Connect {
+            tx: 1,
+            key: "\u{1}".repeat(1000),
+            node: None,
+            local: vec![],
+            rtt_ms: 0,
+            symmetric: false,
+            pad: vec![],
+        };
+        let len = encoded_len(&connect);
+        let client = addr("192.0.2.1:1");
+        let out = r.handle(
+            &Inbound {
+                len,
+                ..inbound(now, client)
+            },
+            connect,
+        );
+        let [(to, refused @ BrokerMessage::Refused { code, message, .. })] = &out[..] else {
+            panic!("{out:?}");
+        };
+        assert_eq!((*to, *code), (client, RefusalCode::NoWorker));
+        assert!(encoded_len(refused) <= MAX_BROKER_MESSAGE_BYTES);
+        assert!(message.len() < 500, "{message}");
     }
 }

@@ -24,7 +24,8 @@ use super::route::RouteArgs;
 /// (`nano-connect worker --service echo`): --payload bytes that ask for an answer of
 /// --answer bytes; --body sends fixed bytes instead (for fibonacci or nano_rpc).
 ///
-/// A run stops after --requests requests or --duration seconds, whichever comes first.
+/// A run stops after --requests requests or --duration seconds, whichever comes first;
+/// --rate paces it (for a soak at a fixed load, benches/soak.sh).
 /// Prints requests/s, latency percentiles, errors and a SUMMARY line; --json prints one
 /// JSON object instead. Exit code 0 when every request was answered, 1 otherwise.
 ///
@@ -62,6 +63,11 @@ pub struct BenchArgs {
     /// Most seconds to send for.
     #[arg(short = 'd', long, default_value_t = 10.0, value_name = "SECS")]
     duration: f64,
+    /// Requests per second to start, in all, on a fixed schedule (at most -c in flight);
+    /// without it, each of the -c in flight starts the next request as soon as the last
+    /// one is answered.
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
     /// Request size in bytes of the echo service's sized request (at least 8).
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     payload: usize,
@@ -133,6 +139,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Some(text) => text.clone().into_bytes(),
         None => echo::sized_request(args.payload, args.answer),
     };
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of requests per second"
+        );
+    }
     let config = LoadConfig {
         concurrency: args.concurrency.max(1),
         connections: args.connections.max(1),
@@ -141,6 +153,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         warmup: args.warmup,
         body,
         timeout,
+        rate: args.rate,
     };
     let report = bench::run_load(target.clone(), config)
         .await

@@ -165,6 +165,9 @@ impl Gateway {
                 .await
                 .map_err(QuorumError::Call)
         };
+        if let (Some(metrics), Ok(answer)) = (&self.metrics, &result) {
+            metrics.failed_over(answer.failovers);
+        }
         let reply = match result {
             Ok(Answer {
                 status,

@@ -12,7 +12,8 @@
 //! - `v`: [`RecordBody`] as compact JSON, at most 1000 bytes;
 //! - `sig`: Ed25519 over BEP 44's bencoded `4:salt…3:seqi…e1:v…` string.
 //!
-//! A record is **believed** ([`WireRecord::verify`]) only when the signature verifies
+//! A record is **believed** ([`WireRecord::verify`]) only when it keeps BEP 44's sizes
+//! (a salt of at most 64 bytes, a `v` of at most 1000), the signature verifies
 //! over exactly those bytes, the salt is the service key asked for, `seq` is not more
 //! than [`MAX_CLOCK_SKEW`] ahead of the reader's clock, the body's `exp` has not passed
 //! and lies at most [`MAX_RECORD_TTL`] after `seq`, and, when the reader asked for a
@@ -271,6 +272,16 @@ impl WireRecord {
         expect: Option<&NodeId>,
         now_ms: u64,
     ) -> Result<Record, RecordError> {
+        // No DHT node stores an item over these, so only a broker path could carry one.
+        if self.salt.len() > MAX_SERVICE_KEY_BYTES || self.v.len() > grape::bep44::MAX_VALUE_LEN {
+            return Err(RecordError::TooLarge(format!(
+                "service key of {} bytes and body of {} bytes; BEP 44 allows {} and {}",
+                self.salt.len(),
+                self.v.len(),
+                MAX_SERVICE_KEY_BYTES,
+                grape::bep44::MAX_VALUE_LEN
+            )));
+        }
         let node = NodeId::from_bytes(self.k).map_err(|e| RecordError::Signature(e.to_string()))?;
         grape::bep44::verify_mutable(
             &self.k,
@@ -476,6 +487,39 @@ mod tests {
         ));
         // A typical record stays far below the limit.
         assert!(signed().wire.v.len() < 300, "{}", signed().wire.v.len());
+    }
+
+    #[test]
+    fn records_over_bep_44_s_sizes_are_not_believed() {
+        // Signed by their node, but no DHT node would store them: a broker must not
+        // take a 65-byte service key or a body over 1000 bytes either.
+        let key = NodeKey::from_seed([5; 32]);
+        let sign_raw = |salt: &str, v: &[u8]| {
+            let item = mainline::MutableItem::new(
+                key.signing_key().clone(),
+                v,
+                NOW as i64,
+                Some(salt.as_bytes()),
+            );
+            WireRecord::from_mutable_item(&item).unwrap()
+        };
+        let long_key = "k".repeat(65);
+        let body = br#"{"v":1,"exp":1795317800000}"#;
+        assert!(sign_raw(&"k".repeat(64), body)
+            .verify(&"k".repeat(64), None, NOW)
+            .is_ok());
+        assert!(matches!(
+            sign_raw(&long_key, body).verify(&long_key, None, NOW),
+            Err(RecordError::TooLarge(_))
+        ));
+        let mut big = br#"{"v":1,"exp":1795317800000,"pad":""#.to_vec();
+        big.resize(1001 - 2, b'x');
+        big.extend_from_slice(br#""}"#);
+        assert_eq!(big.len(), 1001);
+        assert!(matches!(
+            sign_raw("nano_rpc", &big).verify("nano_rpc", None, NOW),
+            Err(RecordError::TooLarge(_))
+        ));
     }
 
     #[test]
