@@ -8,6 +8,7 @@
 //! - [`stun`]: STUN Binding request and response (RFC 8489), on bytes.
 //! - [`punch`]: the punch schedule and the birthday method's ports.
 //! - [`record`]: worker records, signed BEP 44 items that say how to reach a worker.
+//! - [`subscription`]: subscription sessions' frames on a long-lived stream (§6).
 
 pub mod broker;
 pub mod frame;
@@ -15,3 +16,4 @@ pub mod identity;
 pub mod punch;
 pub mod record;
 pub mod stun;
+pub mod subscription;

@@ -21,12 +21,15 @@
 //! - [`punching`]: the worker's half of hole punching.
 //! - [`health`]: present only while the node answers.
 //! - [`keyfile`]: the node key on disk.
+//! - `subscriptions`: a subscription session's stream (docs/protocol.md §6), for the
+//!   service given to [`WorkerBuilder::subscriptions`].
 
 pub mod health;
 pub mod keyfile;
 pub mod presence;
 pub mod punching;
 mod server;
+mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,11 +41,13 @@ use tracing::{info, warn};
 
 pub use presence::{BrokerChoice, Mode, PresenceConfig, PresenceEvent};
 pub use server::{RpcServer, RpcServerConfig, ServerError};
+pub use subscriptions::{DEFAULT_HEARTBEAT, STALL_TIMEOUT};
 
 use crate::discovery::Directory;
 use crate::metrics::{Exposition, WorkerMetrics};
 use crate::protocol::identity::{NodeId, NodeKey};
 use crate::service::Handler;
+use crate::subscription::SubscriptionService;
 use crate::transport::nat_socket::NatSocket;
 use crate::transport::{server_endpoint, TransportError};
 use crate::traversal::Mux;
@@ -95,6 +100,7 @@ pub struct WorkerBuilder {
     metrics: Option<Arc<WorkerMetrics>>,
     metrics_listen: Option<SocketAddr>,
     on_event: Option<Arc<dyn Fn(PresenceEvent) + Send + Sync>>,
+    subscriptions: Option<Arc<dyn SubscriptionService>>,
 }
 
 impl WorkerBuilder {
@@ -119,6 +125,7 @@ impl WorkerBuilder {
             metrics: None,
             metrics_listen: None,
             on_event: None,
+            subscriptions: None,
         }
     }
 
@@ -186,6 +193,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves subscription sessions (docs/protocol.md §6) with `service`, such as
+    /// [`crate::nano::confirmations::Confirmations`]; default none (a `subscribe` is
+    /// refused with `unknown_service`).
+    pub fn subscriptions(mut self, service: Arc<dyn SubscriptionService>) -> Self {
+        self.subscriptions = Some(service);
+        self
+    }
+
     /// Calls `on_event` with every [`PresenceEvent`] (the CLI prints them as JSON lines).
     pub fn on_event(mut self, on_event: impl Fn(PresenceEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(on_event));
@@ -211,7 +226,9 @@ impl WorkerBuilder {
         let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket.clone();
         let endpoint = server_endpoint(abstract_socket, &config.quic, &key)?;
         let handler = Arc::new(handler);
-        let server = RpcServer::serve(endpoint, config.clone(), handler.clone());
+        let sessions = self.subscriptions.clone();
+        let server =
+            RpcServer::serve_with_sessions(endpoint, config.clone(), handler.clone(), sessions);
         let local_addr = server.local_addr();
         let cancel = CancellationToken::new();
 
@@ -250,11 +267,17 @@ impl WorkerBuilder {
             let config = config.clone();
             let handler = handler.clone();
             let key = key.clone();
+            let sessions = self.subscriptions.clone();
             Arc::new(move |socket: Arc<NatSocket>, _diverted| {
                 let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
                 match server_endpoint(abstract_socket, &config.quic, &key) {
                     Ok(endpoint) => {
-                        let server = RpcServer::serve(endpoint, config.clone(), handler.clone());
+                        let server = RpcServer::serve_with_sessions(
+                            endpoint,
+                            config.clone(),
+                            handler.clone(),
+                            sessions.clone(),
+                        );
                         if let Ok(mut extra) = extra.lock() {
                             extra.push(server);
                         }

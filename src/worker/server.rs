@@ -15,9 +15,10 @@ use crate::defaults::{
 use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, ResponseFrame, WireError};
 use crate::protocol::identity::NodeKey;
 use crate::service::{Handler, Reply, Request};
+use crate::subscription::SubscriptionService;
 use crate::transport::{bind_udp, server_endpoint, QuicConfig, TransportError};
 
-use super::{CLOSE_NORMAL, STOP_REFUSED};
+use super::{subscriptions, CLOSE_NORMAL, STOP_REFUSED};
 
 /// Settings of an [`RpcServer`].
 #[derive(Debug, Clone)]
@@ -85,8 +86,23 @@ impl RpcServer {
 
     /// Serves `handler` on an endpoint made by the caller (it must have a server config).
     pub fn serve<H: Handler>(endpoint: Endpoint, config: RpcServerConfig, handler: H) -> Self {
+        Self::serve_with_sessions(endpoint, config, handler, None)
+    }
+
+    /// Serves `handler`, and subscription sessions (docs/protocol.md §6) with `sessions`
+    /// when given (without, a stream that opens a session is refused).
+    pub fn serve_with_sessions<H: Handler>(
+        endpoint: Endpoint,
+        config: RpcServerConfig,
+        handler: H,
+        sessions: Option<Arc<dyn SubscriptionService>>,
+    ) -> Self {
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared { config, handler });
+        let shared = Arc::new(Shared {
+            config,
+            handler,
+            sessions,
+        });
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared, cancel.clone()));
         Self {
             endpoint,
@@ -121,6 +137,7 @@ impl RpcServer {
 struct Shared<H> {
     config: RpcServerConfig,
     handler: H,
+    sessions: Option<Arc<dyn SubscriptionService>>,
 }
 
 async fn accept_loop<H: Handler>(
@@ -176,7 +193,8 @@ async fn serve_connection<H: Handler>(
             Ok((send, recv)) => {
                 let shared = shared.clone();
                 let peer = connection.remote_address();
-                streams.spawn(async move { serve_stream(send, recv, peer, &shared).await });
+                let cancel = cancel.clone();
+                streams.spawn(async move { serve_stream(send, recv, peer, &shared, cancel).await });
             }
             Err(e) => {
                 debug!(reason = %e, "connection closed");
@@ -187,21 +205,44 @@ async fn serve_connection<H: Handler>(
     streams.shutdown().await;
 }
 
-/// Reads one request, answers it, finishes the stream. Never panics on peer input.
+/// Reads the stream's first frame: a subscription session's goes to
+/// [`subscriptions::serve`], an RPC request is answered here and the stream finished.
+/// Never panics on peer input.
 async fn serve_stream<H: Handler>(
     mut send: SendStream,
     mut recv: RecvStream,
     peer: SocketAddr,
     shared: &Shared<H>,
+    cancel: CancellationToken,
 ) {
     let config = &shared.config;
-    let request = match tokio::time::timeout(
-        config.read_timeout,
-        read_request(&mut recv, config.max_request_bytes),
-    )
-    .await
-    {
-        Ok(Ok(request)) => request,
+    let first = tokio::time::timeout(config.read_timeout, async {
+        let session_limit = shared
+            .sessions
+            .as_ref()
+            .map(|_| subscriptions::MAX_FIRST_FRAME_BYTES);
+        let body = read_first(&mut recv, config.max_request_bytes, session_limit).await?;
+        if subscriptions::opens_session(&body) {
+            return Ok(First::Session(body));
+        }
+        if body.len() > config.max_request_bytes {
+            return Err(FrameError::TooLarge {
+                len: body.len(),
+                limit: config.max_request_bytes,
+            });
+        }
+        read_end(&mut recv, body.len()).await?;
+        frame::decode_body(&body).map(First::Request)
+    })
+    .await;
+    let request = match first {
+        Ok(Ok(First::Session(body))) => {
+            let sessions = shared.sessions.as_deref();
+            let keys = &config.keys;
+            subscriptions::serve(body, send, recv, peer, keys, sessions, cancel).await;
+            return;
+        }
+        Ok(Ok(First::Request(request))) => request,
         Ok(Err(e)) => {
             debug!(%e, "bad request frame");
             if matches!(e, FrameError::TooLarge { .. }) {
@@ -253,35 +294,53 @@ async fn serve_stream<H: Handler>(
     write_response(&mut send, response, config).await;
 }
 
-async fn read_request(recv: &mut RecvStream, limit: usize) -> Result<RequestFrame, FrameError> {
+/// What a stream's first frame opened.
+enum First {
+    Request(RequestFrame),
+    Session(Vec<u8>),
+}
+
+/// Reads the first frame's prefix and body (not the end of the stream: a session's
+/// stream stays open). Up to `limit` bytes for a request, and up to `session_limit` for a
+/// session's `subscribe` when the server serves sessions; which one it is is known only
+/// from the body.
+async fn read_first(
+    recv: &mut RecvStream,
+    limit: usize,
+    session_limit: Option<usize>,
+) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; frame::LENGTH_PREFIX_LEN];
-    if let Err(e) = recv.read_exact(&mut prefix).await {
-        return Err(match e {
-            quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated {
-                expected: frame::LENGTH_PREFIX_LEN,
-                got,
-            },
-            quinn::ReadExactError::ReadError(e) => FrameError::Malformed(e.to_string()),
-        });
+    read_exact(recv, &mut prefix).await?;
+    let len =
+        frame::body_len(prefix, limit.max(session_limit.unwrap_or(0))).map_err(|e| match e {
+            FrameError::TooLarge { len, .. } => FrameError::TooLarge { len, limit },
+            e => e,
+        })?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body).await?;
+    Ok(body)
+}
+
+async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated {
+            expected: buf.len(),
+            got,
+        },
+        quinn::ReadExactError::ReadError(e) => FrameError::Malformed(e.to_string()),
+    })
+}
+
+/// Waits for the end of a request's stream: a caller sends exactly one frame of `len`
+/// bytes and finishes.
+async fn read_end(recv: &mut RecvStream, len: usize) -> Result<(), FrameError> {
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok(()),
+        Err(quinn::ReadToEndError::TooLong) => Err(FrameError::Malformed(format!(
+            "more than the {len} bytes the length prefix announced"
+        ))),
+        Err(quinn::ReadToEndError::Read(e)) => Err(FrameError::Malformed(e.to_string())),
     }
-    let len = frame::body_len(prefix, limit)?;
-    // Read to the end of the stream: a caller sends exactly one frame and finishes.
-    let body = match recv.read_to_end(len).await {
-        Ok(body) => body,
-        Err(quinn::ReadToEndError::TooLong) => {
-            return Err(FrameError::Malformed(format!(
-                "more than the {len} bytes the length prefix announced"
-            )))
-        }
-        Err(quinn::ReadToEndError::Read(e)) => return Err(FrameError::Malformed(e.to_string())),
-    };
-    if body.len() < len {
-        return Err(FrameError::Truncated {
-            expected: len,
-            got: body.len(),
-        });
-    }
-    frame::decode_body(&body)
 }
 
 async fn write_response(send: &mut SendStream, response: ResponseFrame, config: &RpcServerConfig) {
