@@ -799,12 +799,13 @@ impl Hub {
         } = &mut *state;
         // Sessions of the account, of the destination, and of every account; each once.
         let mut ids: Vec<u64> = Vec::new();
+        let destination = destination.filter(|d| Some(*d) != account);
         for key in [account, destination].into_iter().flatten() {
             if let Some(list) = by_account.get(&key) {
                 ids.extend_from_slice(list);
             }
         }
-        if account.is_some() && destination.is_some() && account != destination {
+        if account.is_some() && destination.is_some() {
             ids.sort_unstable();
             ids.dedup();
         }
@@ -1001,6 +1002,15 @@ mod tests {
         let mut want: serde_json::Value = serde_json::from_str(&fixture(1)).unwrap();
         want["message"].as_object_mut().unwrap().remove("block");
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_send_to_oneself_is_sent_once() {
+        let hub = hub();
+        let s = hub.open(&subscribe(Some(&[GENESIS])), peer()).unwrap();
+        let own = fixture(1).replace(DEST, GENESIS);
+        assert_eq!(hub.deliver(&own), 1);
+        assert_eq!(taken(&s.outbox).len(), 1);
     }
 
     #[test]
