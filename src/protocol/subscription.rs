@@ -418,6 +418,39 @@ mod tests {
         }
     }
 
+    /// The worked example of docs/protocol.md §6.6, byte for byte.
+    #[test]
+    fn encoding_matches_the_protocol_doc_example() {
+        let frame = ClientFrame::Subscribe(Subscribe {
+            accounts: Some(vec![]),
+            ..subscribe()
+        });
+        let bytes = encode(&frame, MAX_CLIENT_FRAME_BYTES).unwrap();
+        // A fixstr is 0xa0 | length, then the bytes.
+        fn fixstr(out: &mut Vec<u8>, text: &str) {
+            out.push(0xa0 | text.len() as u8);
+            out.extend_from_slice(text.as_bytes());
+        }
+        let mut expected = vec![0x00, 0x00, 0x00, 0x8d, 0x8a];
+        let fields: [(&str, &[u8]); 10] = [
+            ("kind", b"\xa9subscribe"),
+            ("v", &[0x01]),
+            ("id", &[0x01]),
+            ("key", b"\xa8nano_rpc"),
+            ("topic", b"\xacconfirmation"),
+            ("accounts", &[0x90]),
+            ("include_block", &[0xc3]),
+            ("include_election_info", &[0xc2]),
+            ("confirmation_type", b"\xa3all"),
+            ("heartbeat_ms", &[0xcd, 0x07, 0xd0]),
+        ];
+        for (name, value) in fields {
+            fixstr(&mut expected, name);
+            expected.extend_from_slice(value);
+        }
+        assert_eq!(bytes, expected);
+    }
+
     #[test]
     fn an_rpc_request_does_not_open_a_session() {
         let request = frame::RequestFrame {
