@@ -278,14 +278,14 @@ async fn serve_stream<H: Handler>(
             ),
         )
     } else {
-        let reply = shared
-            .handler
-            .handle(Request {
-                key: request.key,
-                body: request.body,
-                peer,
-            })
-            .await;
+        // Boxed: this function's state is as large as its largest await, and a
+        // subscription session's task keeps it for hours (see `First::Session` above).
+        let reply = Box::pin(shared.handler.handle(Request {
+            key: request.key,
+            body: request.body,
+            peer,
+        }))
+        .await;
         match reply {
             Reply::Answer { status, body } => ResponseFrame::answer(id, status, body),
             Reply::Failure(error) => ResponseFrame::failure(id, error),

@@ -146,6 +146,7 @@ pub(super) async fn serve(
                     refused
                 }
                 Some(Ok(frame)) => {
+                    let frame = *frame;
                     let id = frame.id();
                     if !budget.take(Instant::now()) {
                         WorkerFrame::refused(id, RefusalCode::RateLimited, format!(
@@ -255,7 +256,10 @@ async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> Result<(), ()> {
 
 /// Reads the caller's frames until it finishes its side (the channel closes) or a frame
 /// is too large to read (the last item).
-async fn read_frames(mut recv: RecvStream, frames: mpsc::Sender<Result<ClientFrame, FrameError>>) {
+async fn read_frames(
+    mut recv: RecvStream,
+    frames: mpsc::Sender<Result<Box<ClientFrame>, FrameError>>,
+) {
     loop {
         let mut prefix = [0u8; frame::LENGTH_PREFIX_LEN];
         match recv.read_exact(&mut prefix).await {
@@ -273,7 +277,10 @@ async fn read_frames(mut recv: RecvStream, frames: mpsc::Sender<Result<ClientFra
         if recv.read_exact(&mut body).await.is_err() {
             return;
         }
-        if frames.send(subscription::decode(&body)).await.is_err() {
+        // Boxed: the channel's slots are allocated in blocks, and a session keeps its
+        // channel for as long as it lasts.
+        let frame = subscription::decode::<ClientFrame>(&body).map(Box::new);
+        if frames.send(frame).await.is_err() {
             return;
         }
     }
