@@ -859,6 +859,60 @@ struct Actor {
     own_lost: u64,
     /// Set when the legs must be sent the filter again (after a refused update).
     resend: bool,
+    /// The filter's accounts as keys, to check what workers send.
+    followed: Followed,
+}
+
+/// The accounts a subscription follows, as keys (`nano_` and `xrb_` alike).
+struct Followed(Option<HashSet<crate::nano::LedgerKey>>);
+
+impl Followed {
+    fn of(filter: &Filter) -> Self {
+        Self(filter.accounts.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|a| crate::nano::checked::ledger_key(a))
+                .collect()
+        }))
+    }
+
+    /// Whether `message` is a confirmation of a followed account: its `account`, or the
+    /// destination of a send (`block.link_as_account`), as workers filter (§6.3). A
+    /// message without its block cannot be checked and is believed.
+    fn concerns(&self, message: &[u8]) -> bool {
+        let Some(keys) = &self.0 else {
+            return true;
+        };
+        #[derive(Deserialize)]
+        struct Envelope {
+            message: Inner,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            account: Option<String>,
+            #[serde(default)]
+            block: Option<Block>,
+        }
+        #[derive(Deserialize)]
+        struct Block {
+            #[serde(default)]
+            link_as_account: Option<String>,
+        }
+        let Ok(e) = serde_json::from_slice::<Envelope>(message) else {
+            return false;
+        };
+        // Without its block (include_block false) a send to a followed account names
+        // only its sender: nothing to check it by.
+        let Some(block) = e.message.block else {
+            return true;
+        };
+        let destination = block.link_as_account;
+        [e.message.account, destination]
+            .iter()
+            .flatten()
+            .filter_map(|a| crate::nano::checked::ledger_key(a))
+            .any(|k| keys.contains(&k))
+    }
 }
 
 /// A resubscribe's result.
@@ -888,6 +942,7 @@ impl Actor {
     ) -> Self {
         let (inbox_tx, inbox) = mpsc::channel(64);
         let votes = Votes::new(config.quorum.max(1), config.remember);
+        let filter_for_followed = filter.clone();
         let mut actor = Self {
             client,
             config,
@@ -904,6 +959,7 @@ impl Actor {
             updates: HashMap::new(),
             own_lost: 0,
             resend: false,
+            followed: Followed::of(&filter_for_followed),
         };
         for leg in legs {
             let slot = actor.slots.len();
@@ -1024,6 +1080,12 @@ impl Actor {
         let worker = leg.worker;
         match frame {
             WorkerFrame::Confirmation(c) => {
+                if !self.followed.concerns(&c.message) {
+                    // Workers are untrusted: one that sends other accounts' blocks is
+                    // not believed.
+                    debug!(%node, hash = %c.hash, "confirmation for no followed account dropped");
+                    return;
+                }
                 if let Some(workers) = self.votes.report(Instant::now(), node, &c.hash, &c.message)
                 {
                     self.emit(SubscriptionEvent::Confirmation(Delivered {
@@ -1086,10 +1148,12 @@ impl Actor {
             None => {
                 self.filter.accounts = pending.accounts.take();
                 self.filter_version += 1;
+                self.followed = Followed::of(&self.filter);
                 Ok(self.filter.accounts.as_ref().map_or(0, |l| count(l.len())))
             }
             Some(e) => {
                 self.resend = true;
+                self.followed = Followed::of(&self.filter);
                 Err(e)
             }
         };
@@ -1156,6 +1220,13 @@ impl Actor {
             }
             list.retain(|a| !del.contains(a));
         }
+        // While the legs take it, believe both the old and the new accounts (a worker
+        // may send the new ones' confirmations before the last ack).
+        let mut both = self.filter.clone();
+        if let (Some(old), Some(new)) = (both.accounts.as_mut(), accounts.as_ref()) {
+            old.extend(new.iter().cloned());
+        }
+        self.followed = Followed::of(&both);
         let pending = PendingUpdate {
             waiting,
             reply: Some(reply),
@@ -1367,6 +1438,26 @@ mod tests {
         assert!(votes.report(then, a, "AA", &message("AA", "1")).is_none());
         let later = then + VOTE_WINDOW + Duration::from_secs(1);
         assert!(votes.report(later, b, "AA", &message("AA", "1")).is_none());
+    }
+
+    #[test]
+    fn only_followed_accounts_are_believed() {
+        let genesis = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
+        let dest = "nano_3cn3tj1ueynwgo7fj6d748kfsk435bpezaro3rdmisyqbuuc9bp7c87srszd";
+        let send = format!(
+            r#"{{"topic":"confirmation","message":{{"account":"{genesis}","hash":"AA","block":{{"link_as_account":"{dest}"}}}}}}"#
+        );
+        let xrb = dest.replacen("nano_", "xrb_", 1);
+        assert!(Followed::of(&Filter::accounts(vec![xrb])).concerns(send.as_bytes()));
+        assert!(Followed::of(&Filter::accounts(vec![genesis.into()])).concerns(send.as_bytes()));
+        let other = "nano_1111111111111111111111111111111111111111111111111111hifc8npp";
+        assert!(!Followed::of(&Filter::accounts(vec![other.into()])).concerns(send.as_bytes()));
+        assert!(!Followed::of(&Filter::accounts(vec![other.into()])).concerns(b"junk"));
+        let all = Filter {
+            accounts: None,
+            ..Filter::accounts(vec![])
+        };
+        assert!(Followed::of(&all).concerns(b"anything"));
     }
 
     #[test]
