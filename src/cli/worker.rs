@@ -319,8 +319,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let confirmations = match &args.nano_ws {
         Some(url) => {
             anyhow::ensure!(
-                url.starts_with("ws://") || url.starts_with("wss://"),
-                "--nano-ws must be a ws:// URL, such as ws://127.0.0.1:7078"
+                url.starts_with("ws://"),
+                "--nano-ws must be a ws:// URL of the node next to the worker, such as \
+                 ws://127.0.0.1:7078 (wss:// is not supported)"
             );
             anyhow::ensure!(args.ws_queue > 0, "--ws-queue must be at least 1");
             let config = ConfirmationsConfig {
