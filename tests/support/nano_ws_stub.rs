@@ -189,6 +189,8 @@ async fn client(
     subscribed: Arc<Mutex<usize>>,
     mut emitted: broadcast::Receiver<Arc<str>>,
 ) {
+    // As a node's websocket server: small messages go out at once.
+    let _ = stream.set_nodelay(true);
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
