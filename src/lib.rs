@@ -19,7 +19,8 @@
 //!   check, the birthday method.
 //! - [`discovery`]: announce and lookup in the DHT (through a grape's HTTP API).
 //! - [`worker`], [`route`], [`broker`]: the three roles, side by side.
-//! - [`service`], [`nano`], [`echo`], [`fibonacci`]: what a worker serves.
+//! - [`service`], [`subscription`], [`nano`], [`echo`], [`fibonacci`]: what a worker
+//!   serves: RPC handlers, and subscription sessions (the node's confirmations).
 //! - [`limits`], [`metrics`]: rate limits and Prometheus metrics.
 //! - [`gateway`], [`bench`]: faces on top (with the CLI in `src/cli/`).
 //! - [`web`]: the WebTransport face for browsers (workers' RPC, grapes' lookups) and its
@@ -45,6 +46,7 @@ pub mod nano;
 pub mod protocol;
 pub mod route;
 pub mod service;
+pub mod subscription;
 pub mod transport;
 pub mod traversal;
 pub mod web;

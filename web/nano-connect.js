@@ -1,6 +1,6 @@
 // nano-connect for web pages: a Nano node's RPC from the nano-connect mesh, over
 // WebTransport, with no server of the page's own. An ES module with no build step and no
-// dependencies; docs/protocol.md §8 describes what it speaks.
+// dependencies; docs/protocol.md §9 describes what it speaks.
 //
 //   import { connect } from './nano-connect.js';
 //   const mesh = await connect('https://203.0.113.7:40001/nano-connect#sha256=9f86…,6030…');

@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use nano_connect::defaults::{DEFAULT_GATEWAY_LISTEN, DEFAULT_SERVICE_KEY};
+use nano_connect::gateway::ws::{self, WsConfig, WsGateway, WsMetrics};
 use nano_connect::gateway::{self, Gateway, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 use nano_connect::metrics::{Exposition, GatewayMetrics};
 use nano_connect::protocol::identity::NodeId;
+use nano_connect::route::subscribe::SubscriptionConfig;
 use nano_connect::route::{RpcClient, RpcClientConfig};
 use tracing::info;
 
@@ -29,8 +31,14 @@ use super::route::RouteArgs;
 /// are reached by hole punching or through a broker's relay, as public ones directly;
 /// --trust limits the gateway to named nodes.
 ///
-/// Prints one JSON line {"event":"listening","addr":...,"port":...} on stdout once it
-/// serves. Ctrl-C stops it.
+/// With --ws-listen ADDR (a node's websocket is on 7078) it also serves the node's
+/// websocket dialect: a wallet subscribes to the `confirmation` topic with
+/// options.accounts and gets the confirmations of those accounts from workers that run
+/// with --nano-ws, moved to another worker when one goes away (--quorum N: once a
+/// strict majority of N workers reported the block).
+///
+/// Prints one JSON line {"event":"listening","addr":...,"port":...,"ws":...} on stdout
+/// once it serves. Ctrl-C stops it.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct GatewayArgs {
@@ -64,6 +72,18 @@ pub struct GatewayArgs {
     /// requests included) before it is closed.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     header_timeout: u64,
+    /// Also serve the node's websocket (confirmations) on this address, such as
+    /// 127.0.0.1:7078 [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    ws_listen: Option<SocketAddr>,
+    /// Heartbeat asked of workers, ms; a worker silent for 2.5 heartbeats is replaced.
+    #[arg(
+        long,
+        default_value_t = 2000,
+        value_name = "MS",
+        requires = "ws_listen"
+    )]
+    ws_heartbeat: u64,
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -89,9 +109,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         },
     );
     let stop_metrics = tokio_util::sync::CancellationToken::new();
-    let (gateway, metrics_addr) = match args.metrics {
-        Some(listen) => {
-            let metrics = Arc::new(GatewayMetrics::new());
+    let metrics = args.metrics.map(|_| Arc::new(GatewayMetrics::new()));
+    let ws_metrics = match (&metrics, args.ws_listen) {
+        (Some(metrics), Some(_)) => {
+            Some(WsMetrics::register(metrics.registry()).context("websocket metrics")?)
+        }
+        _ => None,
+    };
+    let (gateway, metrics_addr) = match (args.metrics, metrics) {
+        (Some(listen), Some(metrics)) => {
             let exposition = Exposition {
                 registry: metrics.registry().clone(),
                 before_scrape: Arc::new(|| {}),
@@ -99,7 +125,31 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             let bound = super::serve_metrics(listen, exposition, stop_metrics.clone()).await?;
             (gateway.with_metrics(metrics), Some(bound))
         }
-        None => (gateway, None),
+        _ => (gateway, None),
+    };
+    let ws = match args.ws_listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (--ws-listen)"))?;
+            let heartbeat = Duration::from_millis(args.ws_heartbeat.max(500));
+            let config = WsConfig {
+                subscription: SubscriptionConfig {
+                    key: args.service.clone(),
+                    quorum: usize::from(args.quorum),
+                    heartbeat,
+                    silence: heartbeat * 5 / 2,
+                    ..SubscriptionConfig::default()
+                },
+                ..WsConfig::default()
+            };
+            let addr = listener.local_addr().context("local address")?;
+            let face = WsGateway::new(client.clone(), config, ws_metrics);
+            info!(%addr, "websocket serving");
+            let task = tokio::spawn(ws::serve(listener, face, super::shutdown_signal()));
+            Some((addr, task))
+        }
+        None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -112,11 +162,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         "port": addr.port(),
         "key": args.service,
         "metrics": metrics_addr,
+        "ws": ws.as_ref().map(|(addr, _)| addr.to_string()),
     }));
     gateway::serve(listener, gateway, super::shutdown_signal())
         .await
         .context("gateway stopped")?;
     stop_metrics.cancel();
+    if let Some((_, task)) = ws {
+        let _ = task.await;
+    }
     info!("shutting down");
     client.close(Duration::from_millis(200)).await;
     Ok(())

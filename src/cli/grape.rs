@@ -87,7 +87,7 @@ pub struct GrapeArgs {
     #[arg(long, default_value_t = nano_connect::defaults::DEFAULT_CONNECTS_PER_MINUTE, value_name = "N")]
     introduction_rate: u32,
     /// UDP port of the WebTransport face, where web pages look keys up (docs/protocol.md
-    /// §8), on --bind. Default: the DHT port + 20000 (− 20000 above 45535); 0 = any.
+    /// §9), on --bind. Default: the DHT port + 20000 (− 20000 above 45535); 0 = any.
     #[arg(long, value_name = "PORT")]
     web_port: Option<u16>,
     /// The IP address pages reach the WebTransport face at, written in the bootstrap

@@ -8,6 +8,7 @@ mod gateway;
 mod grape;
 mod netcheck;
 mod route;
+mod watch;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,7 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     Netcheck(netcheck::NetcheckArgs),
     Bench(bench::BenchArgs),
+    Watch(watch::WatchArgs),
 }
 
 impl Cli {
@@ -65,7 +67,11 @@ impl Cli {
     pub fn reports_itself(&self) -> bool {
         matches!(
             self.command,
-            Command::Demo(_) | Command::Call(_) | Command::Netcheck(_) | Command::Bench(_)
+            Command::Demo(_)
+                | Command::Call(_)
+                | Command::Netcheck(_)
+                | Command::Bench(_)
+                | Command::Watch(_)
         )
     }
 }
@@ -96,6 +102,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Grape(args) => grape::run(args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::Call(args) => return call::run(args, cli.verbose).await,
+        Command::Watch(args) => return watch::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Netcheck(args) => netcheck::run(args).await,
@@ -190,4 +197,10 @@ pub async fn embedded_directory(
 /// Prints one machine-readable event line on stdout (for scripts and tests).
 pub fn emit(event: serde_json::Value) {
     println!("{event}");
+}
+
+/// Prints one machine-readable event line on stderr (for commands whose stdout is their
+/// output, such as `watch`).
+pub fn emit_err(event: serde_json::Value) {
+    eprintln!("{event}");
 }

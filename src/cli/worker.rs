@@ -15,6 +15,9 @@ use nano_connect::echo::EchoService;
 use nano_connect::fibonacci::FibonacciService;
 use nano_connect::metrics::WorkerMetrics;
 use nano_connect::nano::config::{self as nano_config, NanoService, NanoServiceConfig, WorkerFile};
+use nano_connect::nano::confirmations::{
+    self, Confirmations, ConfirmationsConfig, ConfirmationsMetrics,
+};
 use nano_connect::nano::NanoRelay;
 use nano_connect::service::{Handler, Reply, Request};
 use nano_connect::traversal::broker_of;
@@ -41,6 +44,13 @@ use tracing::{info, warn};
 /// `{"event":"presence","mode":"public"|"brokered",...}` and, per broker,
 /// `{"event":"registered","broker":...,"reflexive":...}`. Ctrl-C stops it (it leaves its
 /// brokers first).
+///
+/// With --nano-ws URL (the node's websocket, port 7078 on the live network) the worker
+/// also serves confirmations: it keeps one subscription to the node's `confirmation`
+/// topic and sends each subscriber (`nano-connect gateway --ws-listen`, `nano-connect
+/// watch`) the confirmations of the accounts it follows, within --ws-max-accounts,
+/// --ws-max-subscribers and --ws-max-rate; all-accounts subscriptions only with
+/// --ws-allow-all-accounts.
 ///
 /// Settings come from flags, then `--config FILE` (TOML; examples/worker.toml shows every
 /// field), then the defaults. The worker is in the mesh only while its node answers its
@@ -165,6 +175,28 @@ pub struct WorkerArgs {
     /// or an answer of the size a sized request asks for, see `nano-connect bench`).
     #[arg(long, value_enum, default_value_t = ServiceKind::NanoRpc)]
     service: ServiceKind,
+    /// The Nano node's websocket, such as ws://127.0.0.1:7078: serve its confirmations to
+    /// subscribers [default: off].
+    #[arg(long, value_name = "URL")]
+    nano_ws: Option<String>,
+    /// Accounts one subscriber may follow.
+    #[arg(long, default_value_t = confirmations::DEFAULT_MAX_ACCOUNTS, value_name = "N", requires = "nano_ws")]
+    ws_max_accounts: usize,
+    /// Subscribers served at once.
+    #[arg(long, default_value_t = confirmations::DEFAULT_MAX_SUBSCRIBERS, value_name = "N", requires = "nano_ws")]
+    ws_max_subscribers: usize,
+    /// Confirmations per second to one subscriber (more are dropped and counted; 0: no
+    /// limit).
+    #[arg(long, default_value_t = confirmations::DEFAULT_MAX_RATE, value_name = "N", requires = "nano_ws")]
+    ws_max_rate: u32,
+    /// Confirmations queued per subscriber; one that reads more slowly loses messages
+    /// past it (and is told how many).
+    #[arg(long, default_value_t = confirmations::DEFAULT_QUEUE, value_name = "N", requires = "nano_ws")]
+    ws_queue: usize,
+    /// Take subscriptions for every account (each costs one message per confirmation of
+    /// the network) [default: refused].
+    #[arg(long, requires = "nano_ws")]
+    ws_allow_all_accounts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -317,6 +349,31 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ServiceKind::Fibonacci => WorkerService::Fibonacci(FibonacciService),
         ServiceKind::Echo => WorkerService::Echo(EchoService),
     };
+    let confirmations = match &args.nano_ws {
+        Some(url) => {
+            anyhow::ensure!(
+                url.starts_with("ws://"),
+                "--nano-ws must be a ws:// URL of the node next to the worker, such as \
+                 ws://127.0.0.1:7078 (wss:// is not supported)"
+            );
+            anyhow::ensure!(args.ws_queue > 0, "--ws-queue must be at least 1");
+            let config = ConfirmationsConfig {
+                node_url: url.clone(),
+                max_accounts: args.ws_max_accounts,
+                max_subscribers: args.ws_max_subscribers,
+                max_rate: args.ws_max_rate,
+                queue: args.ws_queue,
+                allow_all_accounts: args.ws_allow_all_accounts,
+            };
+            confirmations::log_settings(&config);
+            let metrics = ConfirmationsMetrics::register(metrics.registry())
+                .context("confirmation metrics")?;
+            let service = Confirmations::start(config, Some(metrics));
+            builder = builder.subscriptions(Arc::new(service.clone()));
+            Some(service)
+        }
+        None => None,
+    };
     let builder = builder.on_event(|event| match event {
         PresenceEvent::Mode(mode) => {
             let brokers: Vec<String> = match &mode {
@@ -355,6 +412,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }));
     super::shutdown_signal().await;
     info!("shutting down");
+    if let Some(confirmations) = &confirmations {
+        confirmations.stop();
+    }
     worker.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }

@@ -39,6 +39,9 @@
 //! The gateway takes its [`RpcClient`] from the caller, so that how the client finds and
 //! reaches workers (a grape, its own DHT node, brokers, trusted nodes only) is decided
 //! outside it, the same way as for `call`.
+//!
+//! [`ws`] is its websocket face: the node's websocket dialect (confirmations), carried
+//! by subscriptions through the same client.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +63,8 @@ use crate::nano::retry::{action_of, failover_safe, options_for};
 use crate::protocol::identity::NodeId;
 use crate::route::quorum::{request_quorum, QuorumError};
 use crate::route::{Answer, CallError, RpcClient};
+
+pub mod ws;
 
 pub use crate::defaults::DEFAULT_GATEWAY_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES;
 

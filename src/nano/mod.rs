@@ -45,16 +45,21 @@
 //! - [`config`]: the worker's TOML configuration file.
 //! - [`work`]: [`work::WorkRouted`], `work_generate` to a separate work server.
 //! - [`retry`]: which requests a caller may retry on another worker (read-only ones).
+//! - [`ws`]: the worker's client of the node's websocket (its `confirmation` topic).
+//! - [`confirmations`]: [`confirmations::Confirmations`], the fan-out of the node's
+//!   confirmations to subscription sessions, filtered by account, within limits.
 
 pub mod actions;
 pub mod cache;
 pub mod checked;
 pub mod config;
+pub mod confirmations;
 pub mod policy;
 mod pool;
 pub mod relay;
 pub mod retry;
 pub mod work;
+pub mod ws;
 
 pub use checked::{CheckedRequest, LedgerKey, UNCACHED_FIELD};
 pub use policy::{

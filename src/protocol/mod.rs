@@ -9,6 +9,7 @@
 //! - [`punch`]: the punch schedule and the birthday method's ports.
 //! - [`record`]: worker records, signed BEP 44 items that say how to reach a worker.
 //! - [`web`]: WebTransport endpoints with certificate hashes, and bootstrap strings.
+//! - [`subscription`]: subscription sessions' frames on a long-lived stream (§8).
 
 pub mod broker;
 pub mod frame;
@@ -17,3 +18,4 @@ pub mod punch;
 pub mod record;
 pub mod stun;
 pub mod web;
+pub mod subscription;

@@ -74,7 +74,7 @@ pub struct RecordBody {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sym: bool,
     /// Where browsers reach the worker over WebTransport, and the certificates they may
-    /// accept there (docs/protocol.md §8).
+    /// accept there (docs/protocol.md §9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebFace>,
 }

@@ -1,6 +1,6 @@
 //! What a web page carries to reach the mesh: WebTransport endpoints with their
 //! certificate hashes, and the bootstrap string that lists grapes (pure;
-//! docs/protocol.md §8).
+//! docs/protocol.md §9).
 //!
 //! An endpoint is written as the WebTransport URL of its session (W3C WebTransport over
 //! HTTP/3, RFC 9220 extended CONNECT) with the SHA-256 of the certificates a page may

@@ -154,6 +154,25 @@ impl Answer {
     }
 }
 
+/// A stream opened by [`RpcClient::open_stream`] for a long-lived session, and the worker
+/// at its other end.
+#[derive(Debug)]
+pub struct SessionStream {
+    /// The node its handshake proved.
+    pub node: NodeId,
+    /// The worker's address (its own, or its reflexive one behind a NAT).
+    pub worker: SocketAddr,
+    /// How the connection reached it.
+    pub path: PathKind,
+    /// The connection the stream is on (shared with requests to the same node): close it
+    /// when the worker is found dead, so that no request waits on it.
+    pub connection: Connection,
+    /// The caller's side.
+    pub send: quinn::SendStream,
+    /// The worker's side.
+    pub recv: quinn::RecvStream,
+}
+
 /// A failure on one worker, before deciding whether to move on.
 enum Attempt {
     /// Transport failure after the request may have left: skip this worker.
@@ -362,6 +381,60 @@ impl RpcClient {
         };
         self.request_candidate(&candidate, key, body, self.config.request_timeout)
             .await
+    }
+
+    /// Opens a new bidirectional stream to `candidate` (reusing its open connection, else
+    /// reaching it as a request would) for a long-lived session of `key`, such as a
+    /// subscription (docs/protocol.md §8); the caller writes the session's first frame.
+    /// No failover: the caller chooses the next candidate.
+    ///
+    /// Errors: [`CallError::Unreachable`] (not reached, not a trusted node, or its
+    /// connection takes no stream; the candidate is then skipped by requests for
+    /// `dead_ttl`), [`CallError::Timeout`] after `timeout`.
+    pub async fn open_stream(
+        &self,
+        candidate: &Candidate,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<SessionStream, CallError> {
+        let deadline = Instant::now() + timeout;
+        let unreachable = |who: String, why: String| CallError::Unreachable {
+            key: key.to_string(),
+            tried: vec![(who, why)],
+        };
+        let work = async {
+            let (open, _) = match self.reach(candidate, key, deadline).await {
+                Ok(found) => found,
+                Err(e) => {
+                    self.mark_dead(candidate.to_string());
+                    return Err(unreachable(candidate.to_string(), e.to_string()));
+                }
+            };
+            let reached = open.reached;
+            self.check_trust(&reached)
+                .map_err(|why| unreachable(label(&reached), why))?;
+            match reached.connection.open_bi().await {
+                Ok((send, recv)) => Ok(SessionStream {
+                    node: reached.node,
+                    worker: reached.worker,
+                    path: reached.path,
+                    connection: reached.connection.clone(),
+                    send,
+                    recv,
+                }),
+                Err(e) => {
+                    self.drop_connection(&reached.node);
+                    self.mark_dead(reached.node.to_string());
+                    Err(unreachable(label(&reached), e.to_string()))
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(CallError::Timeout {
+                after: timeout,
+                detail: Some(format!("reaching {candidate}")),
+            }))
     }
 
     /// The workers of `key`: a lookup (reused for `lookup_ttl`), with the trusted nodes'

@@ -16,6 +16,8 @@
 //! - [`reach`]: direct dials and connects through brokers.
 //! - [`client`](RpcClient): requests with failover, trust, the cache.
 //! - [`quorum`]: ask N distinct nodes, believe a strict majority.
+//! - [`subscribe`]: follow accounts' confirmations through one or N workers, moving to
+//!   another worker when one goes away.
 //! - [`cache`]: workers that answered recently, on disk.
 //! - [`error`]: why a request failed, with its one code and exit code.
 
@@ -25,8 +27,9 @@ pub mod error;
 pub mod quorum;
 pub mod reach;
 pub mod resolve;
+pub mod subscribe;
 
-pub use client::{Answer, RequestOptions, RpcClient, RpcClientConfig};
+pub use client::{Answer, RequestOptions, RpcClient, RpcClientConfig, SessionStream};
 pub use error::CallError;
 pub use reach::PathKind;
 pub use resolve::{Candidate, Discovery};

@@ -1,5 +1,5 @@
 //! The WebTransport face: how a browser reaches workers and grapes with no server of its
-//! own (docs/protocol.md §8).
+//! own (docs/protocol.md §9).
 //!
 //! ```text
 //!  page ── WebTransport (HTTP/3, certificate by hash) ──► grape: LOOKUP_SERVICE ──► records

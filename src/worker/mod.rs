@@ -22,12 +22,15 @@
 //! - [`punching`]: the worker's half of hole punching.
 //! - [`health`]: present only while the node answers.
 //! - [`keyfile`]: the node key on disk.
+//! - `subscriptions`: a subscription session's stream (docs/protocol.md §8), for the
+//!   service given to [`WorkerBuilder::subscriptions`].
 
 pub mod health;
 pub mod keyfile;
 pub mod presence;
 pub mod punching;
 pub(crate) mod server;
+mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,11 +42,13 @@ use tracing::{info, warn};
 
 pub use presence::{BrokerChoice, Mode, PresenceConfig, PresenceEvent};
 pub use server::{RpcServer, RpcServerConfig, ServerError};
+pub use subscriptions::{DEFAULT_HEARTBEAT, STALL_TIMEOUT};
 
 use crate::discovery::Directory;
 use crate::metrics::{Exposition, WorkerMetrics};
 use crate::protocol::identity::{NodeId, NodeKey};
 use crate::service::Handler;
+use crate::subscription::SubscriptionService;
 use crate::transport::nat_socket::NatSocket;
 use crate::transport::{server_endpoint, TransportError};
 use crate::traversal::Mux;
@@ -101,6 +106,7 @@ pub struct WorkerBuilder {
     metrics_listen: Option<SocketAddr>,
     on_event: Option<Arc<dyn Fn(PresenceEvent) + Send + Sync>>,
     web: Option<WebServerConfig>,
+    subscriptions: Option<Arc<dyn SubscriptionService>>,
 }
 
 impl WorkerBuilder {
@@ -126,6 +132,7 @@ impl WorkerBuilder {
             metrics_listen: None,
             on_event: None,
             web: None,
+            subscriptions: None,
         }
     }
 
@@ -201,6 +208,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves subscription sessions (docs/protocol.md §8) with `service`, such as
+    /// [`crate::nano::confirmations::Confirmations`]; default none (a `subscribe` is
+    /// refused with `unknown_service`).
+    pub fn subscriptions(mut self, service: Arc<dyn SubscriptionService>) -> Self {
+        self.subscriptions = Some(service);
+        self
+    }
+
     /// Calls `on_event` with every [`PresenceEvent`] (the CLI prints them as JSON lines).
     pub fn on_event(mut self, on_event: impl Fn(PresenceEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(on_event));
@@ -228,7 +243,9 @@ impl WorkerBuilder {
         let handler = Arc::new(handler);
         let (published, record) = watch::channel(None);
         config.record = Some(record);
-        let server = RpcServer::serve(endpoint, config.clone(), handler.clone());
+        let sessions = self.subscriptions.clone();
+        let server =
+            RpcServer::serve_with_sessions(endpoint, config.clone(), handler.clone(), sessions);
         let web = match self.web {
             Some(web) => Some(
                 WebServer::bind(web, server::WebRpc::new(config.clone(), handler.clone()))
@@ -274,11 +291,17 @@ impl WorkerBuilder {
             let config = config.clone();
             let handler = handler.clone();
             let key = key.clone();
+            let sessions = self.subscriptions.clone();
             Arc::new(move |socket: Arc<NatSocket>, _diverted| {
                 let abstract_socket: Arc<dyn quinn::AsyncUdpSocket> = socket;
                 match server_endpoint(abstract_socket, &config.quic, &key) {
                     Ok(endpoint) => {
-                        let server = RpcServer::serve(endpoint, config.clone(), handler.clone());
+                        let server = RpcServer::serve_with_sessions(
+                            endpoint,
+                            config.clone(),
+                            handler.clone(),
+                            sessions.clone(),
+                        );
                         if let Ok(mut extra) = extra.lock() {
                             extra.push(server);
                         }

@@ -17,11 +17,12 @@ use crate::protocol::frame::{self, ErrorCode, FrameError, RequestFrame, Response
 use crate::protocol::identity::NodeKey;
 use crate::protocol::record::{WireRecord, RECORD_SERVICE};
 use crate::service::{Handler, Reply, Request};
+use crate::subscription::SubscriptionService;
 use crate::transport::admission::Admission;
 use crate::transport::{bind_udp, server_endpoint, QuicConfig, TransportError};
 use tokio::sync::watch;
 
-use super::{CLOSE_NORMAL, STOP_REFUSED};
+use super::{subscriptions, CLOSE_NORMAL, STOP_REFUSED};
 
 /// Settings of an [`RpcServer`].
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub struct RpcServerConfig {
     /// that lives as long as the server; workers load theirs from a key file).
     pub identity: NodeKey,
     /// The worker's current signed record, answered to requests for
-    /// [`RECORD_SERVICE`] (a grape asks it for browsers, docs/protocol.md §8). `None`:
+    /// [`RECORD_SERVICE`] (a grape asks it for browsers, docs/protocol.md §9). `None`:
     /// such requests get `unknown_service`.
     pub record: Option<watch::Receiver<Option<WireRecord>>>,
 }
@@ -101,8 +102,23 @@ impl RpcServer {
 
     /// Serves `handler` on an endpoint made by the caller (it must have a server config).
     pub fn serve<H: Handler>(endpoint: Endpoint, config: RpcServerConfig, handler: H) -> Self {
+        Self::serve_with_sessions(endpoint, config, handler, None)
+    }
+
+    /// Serves `handler`, and subscription sessions (docs/protocol.md §8) with `sessions`
+    /// when given (without, a stream that opens a session is refused).
+    pub fn serve_with_sessions<H: Handler>(
+        endpoint: Endpoint,
+        config: RpcServerConfig,
+        handler: H,
+        sessions: Option<Arc<dyn SubscriptionService>>,
+    ) -> Self {
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared { config, handler });
+        let shared = Arc::new(Shared {
+            config,
+            handler,
+            sessions,
+        });
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared, cancel.clone()));
         Self {
             endpoint,
@@ -134,10 +150,12 @@ impl RpcServer {
     }
 }
 
-/// What every connection of a server shares: its settings and the service.
+/// What every connection of a server shares: its settings, the service, and the
+/// subscription sessions' service (native QUIC streams only).
 pub(crate) struct Shared<H> {
     pub(crate) config: RpcServerConfig,
     pub(crate) handler: H,
+    pub(crate) sessions: Option<Arc<dyn SubscriptionService>>,
 }
 
 async fn accept_loop<H: Handler>(
@@ -203,11 +221,11 @@ async fn serve_connection<H: Handler>(
             accepted = connection.accept_bi() => accepted,
         };
         match accepted {
-            Ok((mut send, mut recv)) => {
+            Ok((send, recv)) => {
                 let shared = shared.clone();
                 let peer = connection.remote_address();
-                streams
-                    .spawn(async move { serve_stream(&mut send, &mut recv, peer, &shared).await });
+                let cancel = cancel.clone();
+                streams.spawn(async move { serve_stream(send, recv, peer, &shared, cancel).await });
             }
             Err(e) => {
                 debug!(reason = %e, "connection closed");
@@ -218,45 +236,125 @@ async fn serve_connection<H: Handler>(
     streams.shutdown().await;
 }
 
-/// Reads one request, answers it, finishes the stream. Never panics on peer input.
-/// Native QUIC streams and WebTransport streams (`src/web/`) both come here, so that
-/// both faces meet one policy, one set of limits and one set of metrics.
-pub(crate) async fn serve_stream<H: Handler>(
+/// Reads a native stream's first frame: a subscription session's goes to
+/// [`subscriptions::serve`], an RPC request is answered here and the stream finished.
+/// Never panics on peer input.
+async fn serve_stream<H: Handler>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: SocketAddr,
+    shared: &Shared<H>,
+    cancel: CancellationToken,
+) {
+    match read_opening(&mut recv, shared).await {
+        Ok(First::Session(body)) => {
+            let sessions = shared.sessions.as_deref();
+            let keys = &shared.config.keys;
+            subscriptions::serve(body, send, recv, peer, keys, sessions, cancel).await;
+        }
+        Ok(First::Request(request)) => answer(request, &mut send, peer, shared).await,
+        Err(e) => refuse_opening(e, &mut send, &mut recv, &shared.config).await,
+    }
+}
+
+/// Reads one request from a stream the caller keeps (a WebTransport stream, `src/web/`),
+/// answers it and finishes. Native and WebTransport requests meet one policy, one set of
+/// limits and one set of metrics, here and in [`answer`]. Sessions are not served on
+/// such streams: their opening frame is answered with `unknown_service`.
+pub(crate) async fn serve_request_stream<H: Handler>(
     send: &mut SendStream,
     recv: &mut RecvStream,
     peer: SocketAddr,
     shared: &Shared<H>,
 ) {
+    match read_opening(recv, shared).await {
+        Ok(First::Request(request)) => answer(request, send, peer, shared).await,
+        Ok(First::Session(_)) => {
+            let error = WireError::new(
+                ErrorCode::UnknownService,
+                "subscription sessions are served on native QUIC streams only",
+            );
+            write_response(send, ResponseFrame::failure(0, error), &shared.config).await;
+        }
+        Err(e) => refuse_opening(e, send, recv, &shared.config).await,
+    }
+}
+
+/// Why a stream's first frame could not be read.
+enum OpeningError {
+    /// The bytes were not one well-formed frame within the limits.
+    Frame(FrameError),
+    /// No complete frame within the read timeout.
+    TimedOut,
+}
+
+/// Reads a stream's first frame within the read timeout.
+async fn read_opening<H>(recv: &mut RecvStream, shared: &Shared<H>) -> Result<First, OpeningError> {
     let config = &shared.config;
-    let request = match tokio::time::timeout(
-        config.read_timeout,
-        read_request(recv, config.max_request_bytes),
-    )
-    .await
-    {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => {
+    let first = tokio::time::timeout(config.read_timeout, async {
+        let session_limit = shared
+            .sessions
+            .as_ref()
+            .map(|_| subscriptions::MAX_FIRST_FRAME_BYTES);
+        let body = read_first(recv, config.max_request_bytes, session_limit).await?;
+        if subscriptions::opens_session(&body) {
+            return Ok(First::Session(body));
+        }
+        if body.len() > config.max_request_bytes {
+            return Err(FrameError::TooLarge {
+                len: body.len(),
+                limit: config.max_request_bytes,
+            });
+        }
+        read_end(recv, body.len()).await?;
+        frame::decode_body(&body).map(First::Request)
+    })
+    .await;
+    match first {
+        Ok(Ok(first)) => Ok(first),
+        Ok(Err(e)) => Err(OpeningError::Frame(e)),
+        Err(_) => Err(OpeningError::TimedOut),
+    }
+}
+
+/// Answers a first frame that could not be read, and stops reading when more would come.
+async fn refuse_opening(
+    e: OpeningError,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    config: &RpcServerConfig,
+) {
+    let error = match e {
+        OpeningError::Frame(e) => {
             debug!(%e, "bad request frame");
             if matches!(e, FrameError::TooLarge { .. }) {
                 let _ = recv.stop(STOP_REFUSED.into());
             }
-            let error = WireError::new(e.code(), e.to_string());
-            write_response(send, ResponseFrame::failure(0, error), config).await;
-            return;
+            WireError::new(e.code(), e.to_string())
         }
-        Err(_) => {
+        OpeningError::TimedOut => {
             let _ = recv.stop(STOP_REFUSED.into());
-            let error = WireError::new(
+            WireError::new(
                 ErrorCode::MalformedFrame,
                 format!(
                     "no complete request frame within {} ms",
                     config.read_timeout.as_millis()
                 ),
-            );
-            write_response(send, ResponseFrame::failure(0, error), config).await;
-            return;
+            )
         }
     };
+    write_response(send, ResponseFrame::failure(0, error), config).await;
+}
+
+/// Answers one request: the worker's own record for [`RECORD_SERVICE`], a refusal for a
+/// key this worker does not serve, else the handler's reply.
+async fn answer<H: Handler>(
+    request: RequestFrame,
+    send: &mut SendStream,
+    peer: SocketAddr,
+    shared: &Shared<H>,
+) {
+    let config = &shared.config;
     let id = request.id;
     let response = if request.key == RECORD_SERVICE {
         own_record(id, &request.body, config)
@@ -272,14 +370,14 @@ pub(crate) async fn serve_stream<H: Handler>(
             ),
         )
     } else {
-        let reply = shared
-            .handler
-            .handle(Request {
-                key: request.key,
-                body: request.body,
-                peer,
-            })
-            .await;
+        // Boxed: a stream task's state is as large as its largest await, and a
+        // subscription session's task keeps it for hours.
+        let reply = Box::pin(shared.handler.handle(Request {
+            key: request.key,
+            body: request.body,
+            peer,
+        }))
+        .await;
         match reply {
             Reply::Answer { status, body } => ResponseFrame::answer(id, status, body),
             Reply::Failure(error) => ResponseFrame::failure(id, error),
@@ -289,7 +387,7 @@ pub(crate) async fn serve_stream<H: Handler>(
 }
 
 /// A worker's RPC service on its WebTransport face: the streams go through
-/// [`serve_stream`] exactly as native ones do.
+/// [`serve_request_stream`], to the same [`answer`] as native ones.
 pub(crate) struct WebRpc<H> {
     shared: Arc<Shared<H>>,
 }
@@ -297,7 +395,11 @@ pub(crate) struct WebRpc<H> {
 impl<H: Handler> WebRpc<H> {
     pub(crate) fn new(config: RpcServerConfig, handler: H) -> Self {
         Self {
-            shared: Arc::new(Shared { config, handler }),
+            shared: Arc::new(Shared {
+                config,
+                handler,
+                sessions: None,
+            }),
         }
     }
 }
@@ -309,7 +411,7 @@ impl<H: Handler> crate::web::WebService for WebRpc<H> {
         recv: &'a mut RecvStream,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        serve_stream(send, recv, peer, &self.shared)
+        serve_request_stream(send, recv, peer, &self.shared)
     }
 }
 
@@ -334,39 +436,64 @@ fn own_record(id: u64, body: &[u8], config: &RpcServerConfig) -> ResponseFrame {
     }
 }
 
-/// Reads the one request frame of a stream, at most `limit` bytes after the prefix.
+/// Reads the one request frame of a stream, at most `limit` bytes after the prefix, to
+/// the end of the stream (a caller sends exactly one frame and finishes).
 pub(crate) async fn read_request(
     recv: &mut RecvStream,
     limit: usize,
 ) -> Result<RequestFrame, FrameError> {
-    let mut prefix = [0u8; frame::LENGTH_PREFIX_LEN];
-    if let Err(e) = recv.read_exact(&mut prefix).await {
-        return Err(match e {
-            quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated {
-                expected: frame::LENGTH_PREFIX_LEN,
-                got,
-            },
-            quinn::ReadExactError::ReadError(e) => FrameError::Malformed(e.to_string()),
-        });
-    }
-    let len = frame::body_len(prefix, limit)?;
-    // Read to the end of the stream: a caller sends exactly one frame and finishes.
-    let body = match recv.read_to_end(len).await {
-        Ok(body) => body,
-        Err(quinn::ReadToEndError::TooLong) => {
-            return Err(FrameError::Malformed(format!(
-                "more than the {len} bytes the length prefix announced"
-            )))
-        }
-        Err(quinn::ReadToEndError::Read(e)) => return Err(FrameError::Malformed(e.to_string())),
-    };
-    if body.len() < len {
-        return Err(FrameError::Truncated {
-            expected: len,
-            got: body.len(),
-        });
-    }
+    let body = read_first(recv, limit, None).await?;
+    read_end(recv, body.len()).await?;
     frame::decode_body(&body)
+}
+
+/// What a stream's first frame opened.
+enum First {
+    Request(RequestFrame),
+    Session(Vec<u8>),
+}
+
+/// Reads the first frame's prefix and body (not the end of the stream: a session's
+/// stream stays open). Up to `limit` bytes for a request, and up to `session_limit` for a
+/// session's `subscribe` when the server serves sessions; which one it is is known only
+/// from the body.
+async fn read_first(
+    recv: &mut RecvStream,
+    limit: usize,
+    session_limit: Option<usize>,
+) -> Result<Vec<u8>, FrameError> {
+    let mut prefix = [0u8; frame::LENGTH_PREFIX_LEN];
+    read_exact(recv, &mut prefix).await?;
+    let len =
+        frame::body_len(prefix, limit.max(session_limit.unwrap_or(0))).map_err(|e| match e {
+            FrameError::TooLarge { len, .. } => FrameError::TooLarge { len, limit },
+            e => e,
+        })?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body).await?;
+    Ok(body)
+}
+
+async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated {
+            expected: buf.len(),
+            got,
+        },
+        quinn::ReadExactError::ReadError(e) => FrameError::Malformed(e.to_string()),
+    })
+}
+
+/// Waits for the end of a request's stream: a caller sends exactly one frame of `len`
+/// bytes and finishes.
+async fn read_end(recv: &mut RecvStream, len: usize) -> Result<(), FrameError> {
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok(()),
+        Err(quinn::ReadToEndError::TooLong) => Err(FrameError::Malformed(format!(
+            "more than the {len} bytes the length prefix announced"
+        ))),
+        Err(quinn::ReadToEndError::Read(e)) => Err(FrameError::Malformed(e.to_string())),
+    }
 }
 
 /// Writes `response` (or an `internal` error frame when it is too large) and finishes.

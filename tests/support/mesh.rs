@@ -96,6 +96,11 @@ impl Process {
             .unwrap_or_else(|| self.listening[name].to_string())
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process now (SIGKILL: no goodbye to peers) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

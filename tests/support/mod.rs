@@ -7,6 +7,8 @@
 //! - [`scratch`]: a key file and worker cache of its own for every process.
 //! - [`nano_stub`]: an in-process stand-in for a Nano node's HTTP RPC that answers from
 //!   recorded fixtures and records what reached it.
+//! - [`nano_ws_stub`]: an in-process stand-in for a Nano node's websocket that sends
+//!   recorded and generated confirmations and records what it was asked.
 //!
 //! Each test file uses only some of these helpers, hence the `dead_code` allowances.
 
@@ -18,6 +20,8 @@ pub mod matrix;
 pub mod mesh;
 #[allow(dead_code)]
 pub mod nano_stub;
+#[allow(dead_code)]
+pub mod nano_ws_stub;
 #[allow(dead_code)]
 pub mod natlab;
 #[allow(dead_code)]
