@@ -136,6 +136,7 @@ impl Signed {
                     reflexive: addr(self.reflexive),
                 }],
                 sym: self.local % 2 == 1,
+                web: None,
             };
             let key = NodeKey::from_seed([self.node + 1; 32]);
             let record = Record::sign(&key, KEYS[usize::from(self.key)], seq, body)

@@ -9,7 +9,7 @@ use super::NOW_MS;
 use crate::protocol::broker::{self, BrokerMessage, RefusalCode, Role, NONCE_LEN};
 use crate::protocol::frame::{self, ErrorCode, RequestFrame, ResponseFrame, WireError};
 use crate::protocol::identity::NodeKey;
-use crate::protocol::record::{Record, RecordBody, Via, WireRecord, RECORD_VERSION};
+use crate::protocol::record::{Record, RecordBody, Via, WebFace, WireRecord, RECORD_VERSION};
 use crate::protocol::stun;
 
 /// The seeds of `target` (empty for an unknown name).
@@ -54,6 +54,10 @@ fn record(salt: &str, seq_ms: i64, life_ms: i64) -> WireRecord {
             reflexive: addr("203.0.113.101:41234"),
         }],
         sym: true,
+        web: Some(WebFace {
+            addrs: vec![addr("203.0.113.5:24433")],
+            sha256: vec!["ab".repeat(32), "cd".repeat(32)],
+        }),
     };
     let key = NodeKey::from_seed([4; 32]);
     match Record::sign(&key, salt, seq, body) {
@@ -277,6 +281,7 @@ fn record_bodies() -> Vec<Vec<u8>> {
                 reflexive: addr("198.51.100.7:41234"),
             }],
             sym: true,
+            web: None,
         })
         .unwrap_or_default()
     };
