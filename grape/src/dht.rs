@@ -200,6 +200,28 @@ impl GrapeDht {
         })
     }
 
+    /// Wraps a mainline node that the caller built, for what [`Self::start`] does not
+    /// offer: a client-mode node (BEP 5 "read-only": it asks, answers nothing, and other
+    /// nodes leave it out of their routing tables), custom `ServerSettings` (a request
+    /// filter, store sizes), or a node of a simulated network (`examples/dht_sim`).
+    ///
+    /// `schedule` and `lookup_settle` play the part of the config's `announce_window` and
+    /// `lookup_settle`. Waits for one round trip to the node's thread (to read its bound
+    /// address).
+    pub async fn from_mainline(dht: Dht, schedule: SlotSchedule, lookup_settle: Duration) -> Self {
+        let dht = dht.as_async();
+        let local_addr = dht.info().await.local_addr();
+        Self {
+            dht,
+            local_addr,
+            schedule,
+            lookup_settle,
+            announce_locks: Mutex::new(HashMap::new()),
+            known_keys: Mutex::new(KnownKeys::default()),
+            observer: OnceLock::new(),
+        }
+    }
+
     /// Sets the observer told of announces and lookups; only the first call takes
     /// effect (returns `false` after that).
     pub fn set_observer(&self, observer: Arc<dyn DhtObserver>) -> bool {
