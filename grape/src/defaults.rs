@@ -46,3 +46,9 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// alone finds items put through this grape: mainline can only fetch a mutable item by its
 /// key. Same order of size as mainline's own store (`MAX_VALUES` = 1000).
 pub const DEFAULT_KNOWN_KEYS: usize = 1024;
+
+/// Distinct peers a lookup is content with: it returns as soon as it has them. A client's
+/// `--quorum` goes up to 15 and a request fails over to further workers; 32 leaves a margin
+/// for workers that left since they announced. More costs no messages (mainline queries
+/// cannot be stopped) but time: the first two or three batches of a busy key give 32.
+pub const DEFAULT_LOOKUP_WANT: usize = 32;
