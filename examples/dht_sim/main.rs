@@ -58,7 +58,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::Parser;
 use futures::StreamExt;
-use grape::defaults::{DEFAULT_ANNOUNCE_WINDOW, DEFAULT_LOOKUP_DEADLINE, DEFAULT_LOOKUP_SETTLE};
+use grape::defaults::{
+    DEFAULT_ANNOUNCE_WINDOW, DEFAULT_LOOKUP_DEADLINE, DEFAULT_LOOKUP_SETTLE, DEFAULT_LOOKUP_WANT,
+};
 use grape::{GrapeDht, SlotSchedule};
 use mainline::{Id, MutableItem, SigningKey};
 use serde_json::{json, Value};
@@ -117,6 +119,9 @@ pub(crate) struct Args {
     /// Mean pause between a client's lookups in the steady phase, ms (±50 %).
     #[arg(long, default_value_t = 1000)]
     lookup_interval: u64,
+    /// Distinct peers a lookup is content with (`GrapeDht::with_lookup_want`).
+    #[arg(long, default_value_t = DEFAULT_LOOKUP_WANT)]
+    lookup_want: usize,
     /// Workers that put a BEP 44 item in the bep44 phase (0 = skip the phase).
     #[arg(long, default_value_t = 20)]
     bep44: usize,
@@ -149,6 +154,10 @@ pub(crate) struct Args {
     /// Where the matrix appends one JSON line per scenario.
     #[arg(long, default_value = "target/dht_sim/results.jsonl")]
     out: PathBuf,
+    /// Print the tables of the scenarios in a JSON-lines file (what `--matrix` wrote) and
+    /// exit.
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
     /// Print the scenario's result as one JSON line on stdout (what the matrix reads).
     #[arg(long)]
     json: bool,
@@ -184,6 +193,18 @@ impl Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.check()?;
+    if let Some(path) = &args.table {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Value>, _>>()
+            .context("a line of the results")?;
+        println!("{}", report::table(&rows));
+        return Ok(());
+    }
     if args.matrix {
         return run_matrix(&args);
     }
@@ -355,12 +376,11 @@ async fn lookup_once(grape: &GrapeDht, book: &Mutex<Book>, log: &Mutex<LookupLog
     let started = Instant::now();
     let unix = unix_now();
     let live = lock(book).live_visible(started);
-    let found = grape
-        .lookup(KEY, DEFAULT_LOOKUP_DEADLINE)
-        .await
-        .unwrap_or_default();
+    let report = grape
+        .lookup_report(KEY, unix, DEFAULT_LOOKUP_DEADLINE)
+        .await;
     let took = started.elapsed();
-    let ports: Vec<u16> = found.iter().map(|a| a.port()).collect();
+    let ports: Vec<u16> = report.peers.iter().map(|a| a.port()).collect();
     let now = Instant::now();
     let dead: Vec<(u16, f64)> = {
         let book = lock(book);
@@ -374,6 +394,11 @@ async fn lookup_once(grape: &GrapeDht, book: &Mutex<Book>, log: &Mutex<LookupLog
     };
     let mut log = lock(log);
     log.stats.record(&live, took, &ports, &dead);
+    log.stats.slots_asked.push(report.slots_asked as f64);
+    *log.stats
+        .ends
+        .entry(format!("{:?}", report.end))
+        .or_default() += 1;
     log.unix_starts.push(unix);
     ports.len()
 }
@@ -384,6 +409,7 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
     let schedule = SlotSchedule::new(window).context("announce window")?;
     let interval = ANNOUNCE_INTERVAL / scale;
     let settle = DEFAULT_LOOKUP_SETTLE;
+    let want = args.lookup_want;
     let network = Arc::new(Network::new(isolation == Isolation::Namespace));
     let run_started = Instant::now();
     eprintln!(
@@ -465,12 +491,12 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
     //    measured at the end)
     let mut workers: Vec<(u16, Arc<GrapeDht>)> = Vec::with_capacity(args.workers);
     for _ in 0..args.workers {
-        let grape = network.add_peer(true, schedule, settle).await?;
+        let grape = network.add_peer(true, schedule, settle, want).await?;
         workers.push((grape.local_addr().port(), grape));
     }
     let mut clients: Vec<Arc<GrapeDht>> = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        clients.push(network.add_peer(false, schedule, settle).await?);
+        clients.push(network.add_peer(false, schedule, settle, want).await?);
     }
     if args.rcvbuf > 0 {
         net::raise_rcvbuf(load::WORKER_PORT_BASE..load::CLIENT_PORT_END, args.rcvbuf);
@@ -547,7 +573,18 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
         reached * 100.0
     );
 
-    // 5. lookup
+    // 5. lookup (after one lookup per client that is not counted: a grape that serves a
+    //    key looks it up again and again, and remembers how the last lookup went)
+    let warmup = Arc::new(Mutex::new(LookupLog::default()));
+    futures::stream::iter(clients.iter().cloned())
+        .map(|g| {
+            let (book, warmup) = (Arc::clone(&book), Arc::clone(&warmup));
+            async move { lookup_once(&g, &book, &warmup).await }
+        })
+        .buffer_unordered(PHASE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    tokio::time::sleep(PROBE_PAUSE).await;
     let probe_log = Arc::new(Mutex::new(LookupLog::default()));
     let lookup = Phase::start(&network);
     let mut probes = tokio::task::JoinSet::new();
@@ -650,7 +687,7 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
                     lock(&book).workers.entry(port).or_default().died = Some(Instant::now());
                 }
                 // Join: a new worker node that announces at once.
-                let Ok(g) = net.add_peer(true, schedule, settle).await else {
+                let Ok(g) = net.add_peer(true, schedule, settle, want).await else {
                     continue;
                 };
                 let port = g.local_addr().port();
@@ -812,6 +849,7 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
             "isolated": isolation == Isolation::Namespace,
             "lookup_settle_ms": settle.as_millis() as u64,
             "rcvbuf": args.rcvbuf,
+            "lookup_want": want,
         },
         "machine": {
             "load_avg_end": loadavg(), "steady_cpu_cores": steady_cpu,

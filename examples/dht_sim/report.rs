@@ -160,6 +160,8 @@ pub fn run_matrix(args: &Args) -> anyhow::Result<()> {
                     &args.max_seconds.to_string(),
                     "--rcvbuf",
                     &args.rcvbuf.to_string(),
+                    "--lookup-want",
+                    &args.lookup_want.to_string(),
                     "--refresh-rounds",
                     &args.refresh_rounds.to_string(),
                 ]);
@@ -207,16 +209,16 @@ fn pct(v: &Value) -> String {
         .map_or("–".to_owned(), |x| format!("{:.0} %", x * 100.0))
 }
 
-/// The markdown table of docs/scaling.md from scenario reports.
+/// The markdown tables of docs/scaling.md from scenario reports: lookup quality and
+/// load, then what each operation cost.
 pub fn table(rows: &[Value]) -> String {
     let mut out = String::from(
-        "| N | W | churn | live share | returned | ≥20 or all | fair (Jain) | lookup p50 / p99 ms | dead linger max s (real) | msgs / B per announce | msgs / B per lookup | hot node req/s (median) | B per worker-hour |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| N | W | churn | live share | returned | stale | ≥20 or all | fair (Jain) | slots asked | lookup p50 / p99 ms | dead linger max s (real) | hot node req/s (median) | announce B per worker-hour |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let s = &r["scenario"];
         let q = &r["steady"]["quality"];
         let a = &r["announce"]["cost"];
-        let l = &r["lookup"]["cost"];
         let load = &r["steady"]["load"];
         let scale = s["time_scale"].as_f64().unwrap_or(1.0);
         let linger = q["linger_s_max"].as_f64().map(|x| x * scale);
@@ -224,24 +226,52 @@ pub fn table(rows: &[Value]) -> String {
             .as_f64()
             .map(|b| b * 3600.0 / ANNOUNCE_INTERVAL.as_secs_f64());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} ({}) | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} ({}) | {} |\n",
             s["nodes"],
             s["workers"],
             s["churn_per_window"],
             pct(&q["live_share_mean"]),
             f(&q["returned_mean"], 0),
+            pct(&q["stale_share_mean"]),
             pct(&q["enough_share"]),
             f(&q["fair_jain"], 2),
+            f(&q["slots_asked_mean"], 1),
             f(&q["took_ms_p50"], 0),
             f(&q["took_ms_p99"], 0),
             linger.map_or("–".to_owned(), |x| format!("{x:.0}")),
+            f(&load["busiest_rps"], 0),
+            f(&load["median_rps"], 1),
+            per_hour.map_or("–".to_owned(), |x| format!("{x:.0}")),
+        ));
+    }
+    out.push_str(
+        "\n| N | W | churn | announce msgs / B | lookup msgs / B | lookup get_peers + ping | BEP 44 put msgs / B | BEP 44 get msgs / B | join msgs / B | announce stored at |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let s = &r["scenario"];
+        let a = &r["announce"]["cost"];
+        let l = &r["lookup"]["cost"];
+        let b = &r["bep44"];
+        let j = &r["join"]["cost"];
+        let gp = &l["requests_received_by_dht"];
+        let gets = gp["get_peers"].as_f64().unwrap_or(0.0) + gp["ping"].as_f64().unwrap_or(0.0);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} / {} | {} / {} | {:.0} | {} / {} | {} / {} | {} / {} | {} |\n",
+            s["nodes"],
+            s["workers"],
+            s["churn_per_window"],
             f(&a["datagrams"], 0),
             f(&a["ip_bytes"], 0),
             f(&l["datagrams"], 0),
             f(&l["ip_bytes"], 0),
-            f(&load["busiest_rps"], 0),
-            f(&load["median_rps"], 1),
-            per_hour.map_or("–".to_owned(), |x| format!("{x:.0}")),
+            gets,
+            f(&b["put"]["datagrams"], 0),
+            f(&b["put"]["ip_bytes"], 0),
+            f(&b["get"]["datagrams"], 0),
+            f(&b["get"]["ip_bytes"], 0),
+            f(&j["datagrams"], 0),
+            f(&j["ip_bytes"], 0),
+            f(&a["requests_received_by_dht"]["announce_peer"], 0),
         ));
     }
     out

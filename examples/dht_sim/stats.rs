@@ -55,6 +55,10 @@ pub struct LookupStats {
     pub linger_s: HashMap<u16, f64>,
     /// Dead workers that were never returned after they left.
     pub dead_gone: u64,
+    /// Per lookup: slot infohashes queried.
+    pub slots_asked: Vec<f64>,
+    /// Lookups by why they stopped (`Enough`, `Settled`, ...).
+    pub ends: std::collections::BTreeMap<String, u64>,
 }
 
 impl LookupStats {
@@ -139,6 +143,8 @@ impl LookupStats {
             "dead_never_returned": self.dead_gone,
             "linger_s_p50": quantile(&linger, 0.5),
             "linger_s_max": quantile(&linger, 1.0),
+            "slots_asked_mean": mean(&self.slots_asked),
+            "ends": self.ends,
         })
     }
 }

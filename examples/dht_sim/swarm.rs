@@ -292,6 +292,7 @@ impl Network {
         worker: bool,
         schedule: SlotSchedule,
         settle: Duration,
+        want: usize,
     ) -> Result<Arc<GrapeDht>, SwarmError> {
         let port = if worker {
             take_port(&self.next_worker_port, CLIENT_PORT_BASE, "worker")?
@@ -304,7 +305,9 @@ impl Network {
             .port(port)
             .no_bootstrap();
         let dht = build(builder, port).await?;
-        let grape = GrapeDht::from_mainline(dht, schedule, settle).await;
+        let grape = GrapeDht::from_mainline(dht, schedule, settle)
+            .await
+            .with_lookup_want(want);
         let id = *grape.inner().info().await.id();
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let pairs: Vec<_> = pick(&self.live_pairs(), &id, SEED_NEAR, SEED_RANDOM)
