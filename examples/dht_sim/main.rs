@@ -18,20 +18,22 @@
 //!
 //! 1. **setup**: N server-mode DHT nodes, each on its own address in its own /6 with a
 //!    BEP 42 id; their routing tables are filled as after hours on the public DHT (see
-//!    `seed.rs`), then each runs one `find_node` of its own id.
+//!    `seed.rs`), then each runs one `find_node` of its own id; 10 more join the normal
+//!    way (bootstrap nodes, a `find_node` of their own id): the cost of a node's start.
 //! 2. **peers**: W worker nodes and C client nodes (client mode, one OS thread each),
 //!    each given its closest DHT nodes and random others.
 //! 3. **idle**: 5 s of nothing, the background rate subtracted from the phases below.
 //! 4. **announce**: every worker announces once: cost per announce.
 //! 5. **lookup**: each client looks up 3 times, 1.5 s apart: cost per lookup.
-//! 6. **steady**: workers re-announce every interval ±50 %, clients look up every
+//! 6. **bep44**: up to `--bep44` workers put a signed mutable item (salt = key), then each
+//!    client gets up to 10 of them: cost per put and per get.
+//! 7. **steady**: workers re-announce every interval ±50 %, clients look up every
 //!    `--lookup-interval` ±50 %, and with `--churn F` a share F of the workers and of the
 //!    DHT nodes is replaced per announce window. Lookup quality, times, lingering dead
 //!    workers and the load per DHT node are measured here.
-//! 7. **bep44**: up to `--bep44` workers put a signed mutable item (salt = key), then each
-//!    client gets up to 10 of them: cost per put and per get.
-//! 8. **join**: 10 client-mode nodes join the normal way (bootstrap nodes, a `find_node`
-//!    of their own id): cost of a node's start.
+//!
+//! The cost phases come first: every mainline node pings its whole routing table 5 min
+//! after it started, and that burst must not land in a phase whose cost is measured.
 //!
 //! Time runs `--time-scale` times faster than in production for the slot schedule and the
 //! announce interval (default 8: window 256 s → 32 s, interval 120 s → 15 s); message
@@ -91,7 +93,7 @@ const PHASE_CONCURRENCY: usize = 32;
 const PROBE_LOOKUPS: usize = 3;
 const PROBE_PAUSE: Duration = Duration::from_millis(1500);
 
-/// Nodes that join the normal way at the end, to measure a join.
+/// DHT nodes that join the normal way after the others were seeded, to measure a join.
 const JOINERS: usize = 10;
 
 #[derive(Parser, Debug, Clone)]
@@ -479,6 +481,28 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
     }
     drop(handles);
     let setup = setup.finish(&network);
+    // Join: the last nodes join the normal way (bootstrap nodes, then a find_node of
+    // their own id), which is what a node's start costs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let join = Phase::start(&network);
+    let mut joined = Vec::new();
+    for _ in 0..JOINERS {
+        joined.push(network.add_joiner().await?);
+    }
+    if args.rcvbuf > 0 {
+        net::raise_rcvbuf(load::DHT_PORT_BASE..load::WORKER_PORT_BASE, args.rcvbuf);
+    }
+    let joined_ok = futures::stream::iter(joined.iter().cloned())
+        .map(|dht| async move { dht.bootstrapped().await })
+        .buffer_unordered(JOINERS)
+        .collect::<Vec<bool>>()
+        .await;
+    let join = join.finish(&network);
+    let mut join_table = Vec::new();
+    for dht in &joined {
+        join_table.push(dht.to_bootstrap().await.len() as f64);
+    }
+    network.rescan_sockets();
     let rss_setup = rss_mib();
     eprintln!(
         "[setup] done in {:.1} s; routing table p50 {:?} nodes; a query ends at {:?} of the true 20 closest (p50); RSS {rss_setup:.0} MiB",
@@ -610,7 +634,21 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
         probe_summary["took_ms_p50"]
     );
 
-    // 6. steady
+    // 6. bep44 (before the steady phase, so that no cost phase meets mainline's routing
+    //    table pings, which every node sends 5 min after it started)
+    let bep44 = if args.bep44 > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await; // let stray queries end
+        let putters: Vec<Arc<GrapeDht>> = workers
+            .iter()
+            .map(|(_, g)| Arc::clone(g))
+            .take(args.bep44)
+            .collect();
+        Some(bep44_phase(&network, &putters, &clients, &idle).await)
+    } else {
+        None
+    };
+
+    // 7. steady
     let steady_len = window.mul_f64(args.windows);
     let progress = Arc::new(Progress::default());
     let log = Arc::new(Mutex::new(LookupLog::default()));
@@ -800,45 +838,6 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
     // Load on the DHT nodes during the steady phase.
     let load_report = node_load(&network, &steady, &lock(&log), &schedule, steady_unix);
 
-    // 7. bep44
-    let bep44 = if args.bep44 > 0 {
-        tokio::time::sleep(Duration::from_secs(3)).await; // let stray queries end
-        let survivors: Vec<Arc<GrapeDht>> = lock(&worker_stops)
-            .values()
-            .map(|(_, g)| Arc::clone(g))
-            .take(args.bep44)
-            .collect();
-        Some(bep44_phase(&network, &survivors, &clients, &idle).await)
-    } else {
-        None
-    };
-
-    // 8. join: nodes that join the normal way (bootstrap nodes, a find_node of their
-    //    own id), for what a worker's or client's node costs to start.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let join = Phase::start(&network);
-    let mut joiners = Vec::new();
-    for _ in 0..JOINERS {
-        joiners.push(network.add_joiner().await?);
-    }
-    if args.rcvbuf > 0 {
-        net::raise_rcvbuf(load::CLIENT_PORT_BASE..load::CLIENT_PORT_END, args.rcvbuf);
-    }
-    let joined: Vec<bool> = futures::stream::iter(joiners.iter().cloned())
-        .map(|g| async move { g.bootstrapped().await })
-        .buffer_unordered(JOINERS)
-        .collect()
-        .await;
-    let join = join.finish(&network);
-    let join_table: Vec<f64> = {
-        let mut v = Vec::new();
-        for g in &joiners {
-            v.push(g.inner().to_bootstrap().await.len() as f64);
-        }
-        v
-    };
-    drop(joiners);
-
     let steady_summary = lock(&log).stats.summary();
     let report = json!({
         "scenario": {
@@ -863,8 +862,8 @@ async fn scenario(args: &Args, isolation: Isolation) -> anyhow::Result<Value> {
             "datagrams_per_node": setup.delta.datagrams as f64 / args.nodes as f64,
         },
         "join": {
-            "cost": cost(&join, &idle, joined.len() as u64, Role::Client),
-            "bootstrapped": joined.iter().filter(|b| **b).count(),
+            "cost": cost(&join, &idle, joined_ok.len() as u64, Role::Dht),
+            "bootstrapped": joined_ok.iter().filter(|b| **b).count(),
             "routing_table_p50": stats::quantile(&join_table, 0.5),
         },
         "introductions": network.introductions.load(Ordering::Relaxed),

@@ -183,13 +183,26 @@ impl Network {
     /// Starts a server-mode DHT node without bootstrap nodes (so that it records the
     /// nodes that introduce themselves, see [`crate::seed`]) and adds it to the live set.
     /// It knows nobody yet: see [`Self::seed_all`] and [`Self::join_dht_node`].
+    /// Returns its id and address.
     pub async fn add_dht_node(&self) -> Result<(Id, SocketAddrV4), SwarmError> {
+        self.add_dht_node_with(None).await
+    }
+
+    /// [`Self::add_dht_node`], or with `bootstrap` nodes (then it does not record the
+    /// nodes that introduce themselves, as mainline nodes that bootstrap normally).
+    async fn add_dht_node_with(
+        &self,
+        bootstrap: Option<&[SocketAddrV4]>,
+    ) -> Result<(Id, SocketAddrV4), SwarmError> {
         let port = take_port(&self.next_dht_port, WORKER_PORT_BASE, "DHT")?;
         let load = Arc::new(NodeLoad::default());
         let mut builder = Dht::builder();
+        match bootstrap {
+            Some(nodes) => builder.bootstrap(nodes),
+            None => builder.no_bootstrap(),
+        };
         builder
             .server_mode()
-            .no_bootstrap()
             .server_settings(ServerSettings {
                 filter: Box::new(CountingFilter(Arc::clone(&load))),
                 ..ServerSettings::default()
@@ -318,20 +331,17 @@ impl Network {
         Ok(Arc::new(grape))
     }
 
-    /// A client-mode node that joins the normal way, with [`BOOTSTRAP_FANOUT`] random
-    /// bootstrap nodes (to measure what a join costs). It stays in the DHT nodes'
-    /// tables after it is dropped, as a node that left.
-    pub async fn add_joiner(&self) -> Result<Arc<GrapeDht>, SwarmError> {
-        let port = take_port(&self.next_client_port, CLIENT_PORT_END, "client")?;
-        let mut builder = Dht::builder();
-        builder
-            .bind_address(Ipv4Addr::LOCALHOST)
-            .port(port)
-            .bootstrap(&self.bootstrap_sample());
-        let dht = build(builder, port).await?;
-        Ok(Arc::new(
-            GrapeDht::from_mainline(dht, SlotSchedule::default(), Duration::ZERO).await,
-        ))
+    /// A server-mode DHT node that joins the normal way: [`BOOTSTRAP_FANOUT`] random live
+    /// nodes as bootstrap nodes, then mainline's own bootstrap (a `find_node` of its id,
+    /// which the nodes asked record). It stays in the network.
+    pub async fn add_joiner(&self) -> Result<mainline::async_dht::AsyncDht, SwarmError> {
+        let bootstrap = self.bootstrap_sample();
+        let (_, addr) = self.add_dht_node_with(Some(&bootstrap)).await?;
+        lock(&self.live)
+            .iter()
+            .find(|n| n.addr == addr)
+            .and_then(|n| n.dht.clone().map(Dht::as_async))
+            .ok_or(SwarmError::Join("the joined node is gone".to_owned()))
     }
 
     /// Stops every DHT node.
