@@ -105,19 +105,42 @@ impl LookupStats {
     /// The summary as JSON (times in ms and s, shares 0..=1).
     pub fn summary(&self) -> Value {
         let n = self.took_ms.len();
-        // Fairness over workers that were live for at least 5 lookups.
-        let rates: Vec<f64> = self
+        // Fairness: each worker's rate (lookups that returned it / lookups it was live
+        // for), over the workers live long enough to expect 20 appearances at the mean
+        // rate, so that a worker that lived for a few lookups does not count as unfair.
+        // A rate measured over n lookups varies by sampling alone (binomial: variance
+        // p(1-p)/n); `fair_jain_sampling` is the index that noise alone would give.
+        let all_rates: Vec<f64> = self
             .per_worker
             .values()
-            .filter(|(eligible, _, _)| *eligible >= 5)
+            .filter(|(eligible, _, _)| *eligible > 0)
             .map(|(eligible, hits, _)| *hits as f64 / *eligible as f64)
             .collect();
-        let picks: Vec<f64> = self
+        let p = mean(&all_rates).unwrap_or(0.0);
+        let min_eligible = if p > 0.0 {
+            (20.0 / p).ceil().max(5.0)
+        } else {
+            5.0
+        };
+        let fair: Vec<&(u64, u64, f64)> = self
             .per_worker
             .values()
-            .filter(|(eligible, _, _)| *eligible >= 5)
+            .filter(|(eligible, _, _)| *eligible as f64 >= min_eligible)
+            .collect();
+        let rates: Vec<f64> = fair
+            .iter()
+            .map(|(eligible, hits, _)| *hits as f64 / *eligible as f64)
+            .collect();
+        let picks: Vec<f64> = fair
+            .iter()
             .map(|(eligible, _, pick)| pick / *eligible as f64)
             .collect();
+        let sampling_cv2 = mean(
+            &fair
+                .iter()
+                .map(|(eligible, _, _)| (1.0 - p) / (*eligible as f64 * p.max(1e-9)))
+                .collect::<Vec<_>>(),
+        );
         let never = rates.iter().filter(|r| **r == 0.0).count();
         let linger: Vec<f64> = self.linger_s.values().copied().collect();
         json!({
@@ -137,6 +160,8 @@ impl LookupStats {
             "fair_rate_min": quantile(&rates, 0.0),
             "fair_rate_max": quantile(&rates, 1.0),
             "fair_jain": jain(&rates),
+            "fair_jain_sampling": sampling_cv2.map(|cv2| 1.0 / (1.0 + cv2)),
+            "fair_min_lookups": min_eligible,
             "pick_jain": jain(&picks),
             "fair_never_returned": never,
             "dead_returned_after_leaving": linger.len(),
