@@ -63,3 +63,9 @@ pub const DEFAULT_MAX_INFO_HASHES: usize = 8_000;
 /// hundreds of MB under a flood; 128 keeps that near 40 MB, and a lookup is answered
 /// with 10 random peers of them anyway.
 pub const DEFAULT_MAX_PEERS_PER_INFO_HASH: usize = 128;
+
+/// Distinct peers a lookup is content with: it returns as soon as it has them. A client's
+/// `--quorum` goes up to 15 and a request fails over to further workers; 32 leaves a margin
+/// for workers that left since they announced. More costs no messages (mainline queries
+/// cannot be stopped) but time: the first two or three batches of a busy key give 32.
+pub const DEFAULT_LOOKUP_WANT: usize = 32;

@@ -17,5 +17,5 @@ pub mod identity;
 pub mod punch;
 pub mod record;
 pub mod stun;
-pub mod web;
 pub mod subscription;
+pub mod web;
