@@ -256,6 +256,9 @@ impl GatewayMetrics {
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric names");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric names");
         let failovers = IntCounter::new(
             "nano_connect_gateway_failovers_total",
             "Requests answered by a worker after at least one other worker failed them",
