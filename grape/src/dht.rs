@@ -407,15 +407,20 @@ impl GrapeDht {
         outcome
     }
 
-    /// Whether the API client at `source` may make this grape store (one more entry of)
-    /// `target` (the per-source quota of [`crate::quota`]); an announce or put through
-    /// the HTTP API asks first.
-    pub fn admit(&self, source: std::net::IpAddr, target: &Infohash) -> Result<(), OverQuota> {
+    /// Whether the API client at `source` may make this grape store `entry` of `target`
+    /// (the per-source quota of [`crate::quota`]: `entry` is the announced port, 0 for a
+    /// put); an announce or put through the HTTP API asks first.
+    pub fn admit(
+        &self,
+        source: std::net::IpAddr,
+        target: &Infohash,
+        entry: u64,
+    ) -> Result<(), OverQuota> {
         let mut quota = match self.api_quota.lock() {
             Ok(quota) => quota,
             Err(poisoned) => poisoned.into_inner(),
         };
-        quota.admit(source, *target, unix_now())
+        quota.admit(source, *target, entry, unix_now())
     }
 
     /// Requests the DHT port refused so far (over a source's rate or store quota).

@@ -43,6 +43,26 @@ pub fn store_target(debug: &str) -> Option<(&'static str, [u8; 20])> {
     Some((kind, target))
 }
 
+/// The port a BEP 5 `announce_peer` stores, read from the request's `Debug` form
+/// (`port: N, implied_port: Some(true)|Some(false)|None`): the sender's port when
+/// `implied_port` is set, else `port`; the sender's port too when the form cannot be read
+/// (so that a changed form still counts each sender's port as one entry).
+pub fn announced_port(debug: &str, from_port: u16) -> u64 {
+    if debug.contains("implied_port: Some(true)") {
+        return u64::from(from_port);
+    }
+    debug
+        .find("port: ")
+        .and_then(|at| {
+            let digits: String = debug[at + 6..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u16>().ok()
+        })
+        .map_or(u64::from(from_port), u64::from)
+}
+
 /// The filter mainline runs on every request; clones share their state.
 #[derive(Clone)]
 pub struct SourceFilter {
@@ -106,7 +126,11 @@ impl RequestFilter for SourceFilter {
             Ok(quota) => quota,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match quota.admit(ip.into(), target, self.started.elapsed()) {
+        let entry = match kind {
+            "AnnouncePeer" => announced_port(&debug, from.port()),
+            _ => 0,
+        };
+        match quota.admit(ip.into(), target, entry, self.started.elapsed()) {
             Ok(()) => true,
             Err(why) => {
                 tracing::debug!(%from, kind, %why, "store refused");
@@ -135,5 +159,8 @@ mod tests {
         assert_eq!(store_target(&get), None);
         assert_eq!(store_target("Ping"), None);
         assert_eq!(store_target("Put(garbage"), None);
+        assert_eq!(announced_port(&announce, 6881), 80);
+        let implied = announce.replace("implied_port: None", "implied_port: Some(true)");
+        assert_eq!(announced_port(&implied, 6881), 6881);
     }
 }

@@ -168,7 +168,10 @@ async fn announce(state: &ApiState, client: IpAddr, data: &Value) -> Response {
         Ok(parsed) => parsed,
         Err(code) => return err(code),
     };
-    if let Err(why) = state.dht.admit(client, &crate::infohash(name)) {
+    if let Err(why) = state
+        .dht
+        .admit(client, &crate::infohash(name), u64::from(port))
+    {
         tracing::info!(%client, name, %why, "announce refused");
         return err(ERR_GRAPE_QUOTA);
     }
@@ -207,7 +210,8 @@ async fn put(state: &ApiState, client: IpAddr, data: &Value) -> Response {
         PutRequest::Immutable(v) => bep44::immutable_target(v),
         PutRequest::Mutable { item, .. } => *item.target(),
     };
-    if let Err(why) = state.dht.admit(client, target.as_bytes()) {
+    // One entry per item: a newer seq of a mutable item replaces it.
+    if let Err(why) = state.dht.admit(client, target.as_bytes(), 0) {
         tracing::info!(%client, %why, "put refused");
         return err(ERR_GRAPE_QUOTA);
     }

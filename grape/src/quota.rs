@@ -29,9 +29,11 @@ pub struct QuotaLimits {
     /// Distinct targets one source may make the grape store per window. Default 64: a
     /// host runs a few services and a grape announces a few keys of its own.
     pub targets_per_source: usize,
-    /// Entries of one target one source may store per window (announces of different
-    /// ports, puts). Default 8: a host runs a few workers of one key.
-    pub stores_per_target: u32,
+    /// Distinct entries of one target one source may store per window (announces of
+    /// different ports; a put of an item is one entry, whatever its `seq`). Default 8: a
+    /// host runs a few workers of one key. Storing an entry again (a re-announce, a
+    /// republished record) counts nothing new.
+    pub stores_per_target: usize,
     /// Sources tracked at once; when full, sources whose window ended are dropped, and a
     /// new source is refused while none has (a spoofed-source flood cannot grow the
     /// table). Default 65 536.
@@ -58,7 +60,7 @@ pub enum OverQuota {
     Targets(usize),
     /// The source stored [`QuotaLimits::stores_per_target`] entries of this target.
     #[error("this source stored {0} entries of this key in this window already")]
-    Stores(u32),
+    Stores(usize),
     /// The table of sources is full.
     #[error("too many sources at once")]
     Sources,
@@ -67,7 +69,8 @@ pub enum OverQuota {
 #[derive(Debug, Default)]
 struct Source {
     since: Duration,
-    targets: HashMap<[u8; 20], u32>,
+    /// The entries stored per target: an announce's port, 0 for a put.
+    targets: HashMap<[u8; 20], Vec<u64>>,
 }
 
 /// Per-source accounting of stored targets.
@@ -86,12 +89,16 @@ impl SourceQuota {
         }
     }
 
-    /// Whether `source` may store (one more entry of) `target` at `now` (any monotonic
-    /// or wall-clock duration, as long as it always is the same clock); counts it if so.
+    /// Whether `source` may store `entry` of `target` at `now` (any monotonic or
+    /// wall-clock duration, as long as it always is the same clock); counts it if so.
+    /// `entry` tells the entries of one target apart: the announced port for BEP 5
+    /// `announce_peer`, 0 for a BEP 44 put (a newer `seq` replaces the item). An entry
+    /// already counted this window is admitted and counts nothing new.
     pub fn admit(
         &mut self,
         source: IpAddr,
         target: [u8; 20],
+        entry: u64,
         now: Duration,
     ) -> Result<(), OverQuota> {
         let window = self.limits.window;
@@ -102,6 +109,7 @@ impl SourceQuota {
                 return Err(OverQuota::Sources);
             }
         }
+        let stored = entry;
         let entry = self.sources.entry(source).or_insert_with(|| Source {
             since: now,
             targets: HashMap::new(),
@@ -114,16 +122,17 @@ impl SourceQuota {
         }
         let known = entry.targets.len();
         match entry.targets.get_mut(&target) {
-            Some(count) if *count >= self.limits.stores_per_target => {
-                Err(OverQuota::Stores(*count))
+            Some(entries) if entries.contains(&stored) => Ok(()),
+            Some(entries) if entries.len() >= self.limits.stores_per_target => {
+                Err(OverQuota::Stores(entries.len()))
             }
-            Some(count) => {
-                *count += 1;
+            Some(entries) => {
+                entries.push(stored);
                 Ok(())
             }
             None if known >= self.limits.targets_per_source => Err(OverQuota::Targets(known)),
             None => {
-                entry.targets.insert(target, 1);
+                entry.targets.insert(target, vec![stored]);
                 Ok(())
             }
         }
@@ -152,25 +161,45 @@ mod tests {
     fn a_flood_of_new_targets_from_one_source_stops_at_its_quota() {
         let mut q = SourceQuota::new(QuotaLimits::default());
         let admitted = (0..2_100)
-            .filter(|i| q.admit(IP, target(*i), s(0)).is_ok())
+            .filter(|i| q.admit(IP, target(*i), 0, s(0)).is_ok())
             .count();
         assert_eq!(admitted, 64);
         // A live worker's re-announce of a known key still passes, another source too.
-        assert!(q.admit(IP, target(0), s(10)).is_ok());
+        assert!(q.admit(IP, target(0), 0, s(10)).is_ok());
         assert!(q
-            .admit(Ipv4Addr::new(198, 51, 100, 1).into(), target(5000), s(10))
+            .admit(
+                Ipv4Addr::new(198, 51, 100, 1).into(),
+                target(5000),
+                0,
+                s(10)
+            )
             .is_ok());
         // The next window starts afresh.
-        assert!(q.admit(IP, target(9999), s(256)).is_ok());
+        assert!(q.admit(IP, target(9999), 0, s(256)).is_ok());
     }
 
     #[test]
     fn one_source_cannot_crowd_one_key() {
         let mut q = SourceQuota::new(QuotaLimits::default());
-        for _ in 0..8 {
-            q.admit(IP, target(1), s(0)).unwrap();
+        for port in 0..8 {
+            q.admit(IP, target(1), port, s(0)).unwrap();
         }
-        assert_eq!(q.admit(IP, target(1), s(0)), Err(OverQuota::Stores(8)));
+        assert_eq!(q.admit(IP, target(1), 8, s(0)), Err(OverQuota::Stores(8)));
+    }
+
+    #[test]
+    fn storing_an_entry_again_counts_nothing_new() {
+        // A worker re-announcing every 5 s, and republishing its record, for a whole
+        // window: every store is taken, and room stays for other entries.
+        let mut q = SourceQuota::new(QuotaLimits::default());
+        for i in 0..100 {
+            assert_eq!(q.admit(IP, target(1), 4433, s(i)), Ok(()));
+            assert_eq!(q.admit(IP, target(2), 0, s(i)), Ok(()));
+        }
+        for port in 1..8 {
+            assert_eq!(q.admit(IP, target(1), port, s(100)), Ok(()));
+        }
+        assert_eq!(q.admit(IP, target(1), 8, s(100)), Err(OverQuota::Stores(8)));
     }
 
     #[test]
@@ -179,17 +208,17 @@ mod tests {
             sources: 2,
             ..QuotaLimits::default()
         });
-        q.admit(Ipv4Addr::new(10, 0, 0, 1).into(), target(1), s(0))
+        q.admit(Ipv4Addr::new(10, 0, 0, 1).into(), target(1), 0, s(0))
             .unwrap();
-        q.admit(Ipv4Addr::new(10, 0, 0, 2).into(), target(1), s(0))
+        q.admit(Ipv4Addr::new(10, 0, 0, 2).into(), target(1), 0, s(0))
             .unwrap();
         assert_eq!(
-            q.admit(Ipv4Addr::new(10, 0, 0, 3).into(), target(1), s(1)),
+            q.admit(Ipv4Addr::new(10, 0, 0, 3).into(), target(1), 0, s(1)),
             Err(OverQuota::Sources)
         );
         // Once the first sources' windows end, new ones are taken.
         assert!(q
-            .admit(Ipv4Addr::new(10, 0, 0, 3).into(), target(1), s(300))
+            .admit(Ipv4Addr::new(10, 0, 0, 3).into(), target(1), 0, s(300))
             .is_ok());
     }
 }
