@@ -51,8 +51,9 @@ use support::mesh::{self, poll, Process};
 use support::nano_stub::{fixtures, Mode, NanoStub};
 use support::scratch;
 
-/// Announce window of the grapes, s.
-const WINDOW: &str = "60";
+/// Announce window of the grapes, s: the default, which the gateway's own DHT node uses
+/// too (a node with another window looks up other slot infohashes and finds nothing).
+const WINDOW: &str = "256";
 /// Seconds between a worker's announces (±50 %): a restarted grape B hears from every
 /// worker again within this.
 const ANNOUNCE_INTERVAL: &str = "5";
@@ -233,7 +234,7 @@ async fn no_read_fails_while_workers_and_a_grape_are_killed_and_restarted() {
         requests.len()
     );
 
-    let grape_a = tokio::task::block_in_place(|| mesh::grape(None, 60.0));
+    let grape_a = tokio::task::block_in_place(|| mesh::grape(None, 256.0));
     let (b_dp, b_api) = (free_port(), free_port());
     let b_url = format!("http://127.0.0.1:{b_api}");
     let mut slots = vec![Slot::start(
