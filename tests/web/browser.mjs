@@ -5,7 +5,7 @@
 // networking off and QUIC left on, and then obeys one JSON command per stdin line,
 // answering one JSON line on stdout each:
 //
-//   {"cmd":"open","hash":"bootstrap=...&account=..."}  loads web/index.html#HASH and waits
+//   {"cmd":"open","hash":"bootstrap=...&account=..."}  loads web/index.html#HASH afresh and waits
 //        (at most 30 s) for the page to finish: {"ok":true,"results":window.nanoConnectResults}
 //   {"cmd":"eval","script":"BODY"}  runs `async () => { BODY }` in the page (which may
 //        `await import('./nano-connect.js')`): {"ok":true,"value":...} or {"ok":false,"error":...}
@@ -72,6 +72,9 @@ for await (const line of lines) {
   }
   try {
     if (command.cmd === 'open') {
+      // Through about:blank, so that a second open with another fragment loads the page
+      // again instead of only moving to the fragment.
+      await page.goto('about:blank');
       await page.goto(`${origin}/index.html#${command.hash}`);
       await page.waitForFunction(() => window.nanoConnectResults?.done || window.nanoConnectResults?.error,
         null, { timeout: 30000 });
