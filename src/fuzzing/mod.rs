@@ -23,6 +23,7 @@
 //! | [`record_wire`] | a MessagePack worker record through `WireRecord::verify` |
 //! | [`record_body`] | a record body's JSON, signed here so that `verify` reads it |
 //! | [`rendezvous`] | a sequence of broker messages through `broker::rendezvous::Rendezvous` |
+//! | [`subscription`] | subscription frames (§8) both ways, and a wallet's websocket message to the gateway |
 
 mod grape_http;
 mod rendezvous;
@@ -62,6 +63,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("record_wire", record_wire),
     ("record_body", record_body),
     ("rendezvous", rendezvous),
+    ("subscription", subscription),
 ];
 
 /// The wall clock the record targets run at, ms since the Unix epoch (fixed, so that a
@@ -154,6 +156,22 @@ where
         Err(e) => {
             // Every refusal maps to a wire code and prints.
             let _ = (e.code(), e.to_string());
+        }
+    }
+}
+
+/// A subscription session's frame body (docs/protocol.md §8) as a worker reads a caller's
+/// and a caller reads a worker's, and the same bytes as a wallet's websocket message to
+/// the gateway (`gateway::ws`): whatever decodes re-encodes to itself, a refusal has a
+/// wire code, and `opens_session` only answers.
+pub fn subscription(data: &[u8]) {
+    use crate::protocol::subscription::{self as sub, ClientFrame, WorkerFrame};
+    let _ = sub::opens_session(data);
+    checked_frame::<ClientFrame>(sub::decode(data));
+    checked_frame::<WorkerFrame>(sub::decode(data));
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(why) = crate::gateway::ws::parse_request(text) {
+            assert!(!why.is_empty(), "a refusal says why");
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         ],
         "record_body" => record_bodies(),
         "rendezvous" => programs(),
+        "subscription" => subscription_frames(),
         _ => Vec::new(),
     }
 }
@@ -324,4 +325,42 @@ fn programs() -> Vec<Vec<u8>> {
         ]
         .concat(),
     ]
+}
+
+/// Subscription frame bodies of both directions (MessagePack maps with named fields, as
+/// docs/protocol.md §8 writes them) and wallets' websocket messages (JSON).
+fn subscription_frames() -> Vec<Vec<u8>> {
+    let account = "nano_3e3j5tkog48pnny9dmfzj1r16pg8t1e76dz5tmac6iq689wyjfpiij4txtdo";
+    let maps = [
+        serde_json::json!({"kind": "subscribe", "v": 1, "id": 1, "key": "nano_rpc",
+            "topic": "confirmation", "accounts": [account], "include_block": true,
+            "include_election_info": false, "confirmation_type": "all", "heartbeat_ms": 2000}),
+        serde_json::json!({"kind": "update", "v": 1, "id": 2, "accounts_add": [account],
+            "accounts_del": []}),
+        serde_json::json!({"kind": "ack", "v": 1, "id": 1, "accounts": 1, "max_accounts": 500,
+            "max_rate": 100, "heartbeat_ms": 2000}),
+        serde_json::json!({"kind": "refused", "v": 1, "id": 1, "code": "too_many_accounts",
+            "message": "over 500"}),
+        serde_json::json!({"kind": "notice", "v": 1, "lost": 3, "total_lost": 5,
+            "reason": "slow_reader", "message": "dropped"}),
+        serde_json::json!({"kind": "heartbeat", "v": 1}),
+        serde_json::json!({"kind": "closing", "v": 1, "code": "shutting_down", "message": "bye"}),
+    ];
+    let mut out: Vec<Vec<u8>> = maps
+        .iter()
+        .filter_map(|m| rmp_serde::to_vec_named(m).ok())
+        .collect();
+    for text in [
+        format!(
+            r#"{{"action":"subscribe","topic":"confirmation","ack":true,"id":"1","options":{{"accounts":["{account}"],"include_block":"true"}}}}"#
+        ),
+        format!(
+            r#"{{"action":"update","topic":"confirmation","ack":true,"options":{{"accounts_add":["{account}"],"accounts_del":[]}}}}"#
+        ),
+        r#"{"action":"unsubscribe","topic":"confirmation","ack":true}"#.to_owned(),
+        r#"{"action":"ping","id":"7"}"#.to_owned(),
+    ] {
+        out.push(text.into_bytes());
+    }
+    out
 }

@@ -274,7 +274,7 @@ fn notice_message(lost: u64, total: u64, reason: &str, text: &str) -> String {
 }
 
 /// A wallet's request, read as the node reads it.
-struct Request {
+pub(crate) struct Request {
     action: String,
     topic: Option<String>,
     ack: bool,
@@ -301,7 +301,9 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
-fn parse_request(text: &str) -> Result<Request, String> {
+/// Reads a wallet's websocket message as the node does; the refusal says why (also the
+/// fuzz target `subscription`'s entry, `crate::fuzzing`).
+pub(crate) fn parse_request(text: &str) -> Result<Request, String> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| format!("the message is not JSON: {e}"))?;
     let Value::Object(mut object) = value else {
