@@ -426,7 +426,8 @@ async fn a_slow_node_gets_the_callers_budget_and_is_asked_once() {
     );
     assert_eq!(mesh.stub.actions_received(), ["block_count"], "asked once");
 
-    // A budget too short for the node: a timeout that says whom it waited for.
+    // A budget too short for the node: a timeout that says whom it waited for. Uncached:
+    // the first call's answer may still be in the worker's cache (1 s).
     mesh.stub.clear_received();
     let output = mesh::run(
         &[
@@ -435,7 +436,8 @@ async fn a_slow_node_gets_the_callers_budget_and_is_asked_once() {
             mesh.grapes.1.url.as_str(),
             "--timeout",
             "2500",
-            "block_count",
+            "--json",
+            r#"{"action":"block_count","uncached":"true"}"#,
         ],
         "",
     )
