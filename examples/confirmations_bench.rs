@@ -222,6 +222,12 @@ impl Mesh {
                 &ws,
                 "--ws-max-subscribers",
                 "100000",
+                // Every subscriber here comes from 127.0.0.1: the per-IP cap (64) models
+                // distinct users, not this bench.
+                "--max-connections-per-ip",
+                "100000",
+                "--max-connections",
+                "100000",
                 "--ws-max-rate",
                 "0",
                 "--announce-interval",
