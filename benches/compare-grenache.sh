@@ -22,28 +22,9 @@ RUNS=${RUNS:-3}
 REQUESTS=${REQUESTS:-20000}
 DURATION=${DURATION:-10}
 BIN=$ROOT/target/release/nano-connect
-TMP=$(mktemp -d /tmp/nano-connect-grenache.XXXXXX)
+source "$ROOT/benches/lib.sh"
+bench_start grenache
 export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
-PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-# Waits (at most 20 s) until FILE holds a "listening" line.
-wait_listening() {
-  local file=$1
-  for _ in $(seq 200); do
-    grep -q '"listening"' "$file" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "compare-grenache: $file never reported listening:" >&2
-  cat "$file" >&2
-  return 1
-}
 
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin nano-connect)
 

@@ -30,28 +30,10 @@ BIN=$REL/nano-connect
 FLOOR=$REL/examples/quic_floor
 STUB=$REL/examples/nano_stub
 SUMMARY=$ROOT/benches/grenache/summary.js
-TMP=$(mktemp -d /tmp/nano-connect-bench.XXXXXX)
+source "$ROOT/benches/lib.sh"
+bench_start bench
 export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
-PIDS=()
 
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-wait_listening() { # FILE: waits (at most 20 s) for a "listening" line
-  for _ in $(seq 200); do
-    grep -q '"listening"' "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "mesh.sh: $1 never reported listening:" >&2
-  cat "$1" >&2
-  return 1
-}
-field() { grep -o "\"$2\":[^,}]*" "$1" | head -1 | cut -d: -f2- | tr -d '"'; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if [ ! -x "$BIN" ] || [ ! -x "$FLOOR" ] || [ ! -x "$STUB" ]; then

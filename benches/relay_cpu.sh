@@ -39,27 +39,10 @@ STUB=${STUB:-$REL/examples/nano_stub}
 FLOOR=${FLOOR:-$REL/examples/quic_floor}
 WORKERS=${WORKERS:-"branch=$BENCH"}
 BODY='{"action":"block_count"}'
-TMP=$(mktemp -d /tmp/nano-connect-relay-cpu.XXXXXX)
+source "$ROOT/benches/lib.sh"
+bench_start relay-cpu
 export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
-PIDS=()
 
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-wait_listening() { # FILE: waits (at most 20 s) for a "listening" line
-  for _ in $(seq 200); do
-    grep -q '"listening"' "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "relay_cpu.sh: $1 never reported listening:" >&2
-  cat "$1" >&2
-  return 1
-}
-field() { grep -o "\"$2\":[^,}]*" "$1" | head -1 | cut -d: -f2- | tr -d '"'; }
 # utime + stime of PID in clock ticks (fields 14 and 15; the name in field 2 has no spaces here).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)

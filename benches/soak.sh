@@ -41,28 +41,10 @@ REL=$ROOT/target/release
 BIN=$REL/nano-connect
 STUB=$REL/examples/nano_stub
 BODY='{"action":"block_count"}'
-TMP=$(mktemp -d /tmp/nano-connect-soak.XXXXXX)
-PIDS=()
+source "$ROOT/benches/lib.sh"
+bench_start soak
 
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-wait_listening() { # FILE: waits (at most 20 s) for a "listening" line
-  for _ in $(seq 200); do
-    grep -q '"listening"' "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "soak.sh: $1 never reported listening:" >&2
-  cat "$1" >&2
-  return 1
-}
-field() { grep -o "\"$2\":[^,}]*" "$1" | head -1 | cut -d: -f2- | tr -d '"'; }
 json_num() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 if [ ! -x "$BIN" ] || [ ! -x "$STUB" ]; then
   (cd "$ROOT" && cargo build --release --bin nano-connect --example nano_stub)

@@ -16,25 +16,9 @@ REQUESTS=${REQUESTS:-500}
 REL=$ROOT/target/release
 BIN=$REL/nano-connect
 STUB=$REL/examples/nano_stub
-TMP=$(mktemp -d /tmp/nano-connect-web-bench.XXXXXX)
+source "$ROOT/benches/lib.sh"
+bench_start web-bench
 export NANO_CONNECT_KEY="$TMP/worker.key" NANO_CONNECT_CACHE="$TMP/workers.json"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-wait_listening() { # FILE: waits (at most 20 s) for a "listening" line
-  for _ in $(seq 200); do
-    grep -q '"listening"' "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "web.sh: $1 never reported listening:" >&2
-  cat "$1" >&2
-  return 1
-}
-field() { grep -o "\"$2\":\"[^\"]*\"" "$1" | head -1 | cut -d: -f2- | tr -d '"'; }
 
 if [ ! -x "$BIN" ] || [ ! -x "$STUB" ]; then
   (cd "$ROOT" && cargo build --release --bin nano-connect --example nano_stub)
