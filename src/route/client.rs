@@ -317,15 +317,31 @@ impl RpcClient {
         body: &[u8],
         attempt: Duration,
     ) -> Result<Answer, CallError> {
+        self.request_candidate_as(candidate, key, key, body, attempt)
+            .await
+    }
+
+    /// [`Self::request_candidate`] for a request under another key than the one the
+    /// candidate was found by: it is reached as a worker of `service` (what its brokers
+    /// know it by, docs/protocol.md §5.3) and asked under `key`, such as
+    /// [`crate::protocol::record::RECORD_SERVICE`] for its record.
+    pub async fn request_candidate_as(
+        &self,
+        candidate: &Candidate,
+        service: &str,
+        key: &str,
+        body: &[u8],
+        attempt: Duration,
+    ) -> Result<Answer, CallError> {
         let deadline = Instant::now() + attempt;
         let work = async {
-            let (open, connect) =
-                self.reach(candidate, key, deadline)
-                    .await
-                    .map_err(|e| CallError::Unreachable {
-                        key: key.to_string(),
-                        tried: vec![(candidate.to_string(), e.to_string())],
-                    })?;
+            let (open, connect) = self
+                .reach(candidate, service, deadline)
+                .await
+                .map_err(|e| CallError::Unreachable {
+                    key: key.to_string(),
+                    tried: vec![(candidate.to_string(), e.to_string())],
+                })?;
             self.check_trust(&open.reached)
                 .map_err(|reason| CallError::Unreachable {
                     key: key.to_string(),
