@@ -177,6 +177,76 @@ async fn a_page_gets_the_nodes_answers_from_the_mesh_and_fails_over() {
     });
 }
 
+/// A worker behind a NAT (registered with the grape's broker, no public address) cannot
+/// be dialled from a browser: the page's requests to it go through the grape
+/// (`nano-connect/relay`), which reaches it by the native route; the grape relays only to
+/// workers its lookup listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reaches_a_worker_behind_a_nat_through_the_grape() {
+    let stub = NanoStub::start(Mode::RsNano).await;
+    tokio::task::block_in_place(|| {
+        let grape = grape();
+        let url = stub.url();
+        let (worker, _) = mesh::worker(
+            &grape.url,
+            "nano_rpc",
+            &[
+                "--nano-rpc",
+                &url,
+                "--announce-interval",
+                "1",
+                "--broker",
+                &grape.dht,
+                // Loopback has no NAT: register as a worker behind one would.
+                "--via-broker",
+            ],
+        );
+        worker.wait_event("registered", Duration::from_secs(10));
+        let id = worker.field("node_id");
+        let mut browser = Browser::start();
+        browser.open(&format!(
+            "bootstrap={}",
+            encode(&grape.process.field("web"))
+        ));
+        let nodes = wait_for_workers(&mut browser, 1);
+        assert_eq!(nodes, std::slice::from_ref(&id), "the brokered worker is listed");
+
+        stub.clear_received();
+        let answer = browser.value(
+            "const r = await window.nanoConnectMesh.requestDetailed({action: 'block_count', uncached: 'true'}); \
+             return {node: r.node, relayed: r.relayed, json: r.json};",
+        );
+        assert_eq!(answer["node"], id.as_str(), "{answer}");
+        assert_eq!(answer["relayed"], true, "{answer}");
+        assert_eq!(
+            answer["json"],
+            fixture_answer(json!({"action": "block_count"}))
+        );
+        assert_eq!(stub.actions_received(), ["block_count"]);
+
+        // The worker's own refusal comes back through the grape unchanged.
+        let refused = browser.value(
+            "try { await window.nanoConnectMesh.request({action: 'wallet_create'}); return null; } \
+             catch (e) { return e.code; }",
+        );
+        assert_eq!(refused, "action_not_allowed");
+
+        // No open relay: a node the grape did not list is refused.
+        let stranger = NodeKey::generate().node_id().to_string();
+        let script = format!(
+            "try {{ await window.nanoConnectMesh.askThroughGrape({{node: '{stranger}', relayed: true}}, \
+               new TextEncoder().encode('{{\"action\":\"block_count\"}}')); return null; }} \
+             catch (e) {{ return e.code; }}"
+        );
+        assert_eq!(browser.value(&script), "unknown_service");
+        assert_eq!(
+            stub.actions_received(),
+            ["block_count"],
+            "nothing more reached the node"
+        );
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_refuse_wrong_hashes_expired_certificates_and_impostors() {
     let stub = NanoStub::start(Mode::RsNano).await;

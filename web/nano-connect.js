@@ -19,6 +19,11 @@
 //    certificate hashes its record lists: a host that is not the worker fails the
 //    handshake. One bidirectional stream per request carries one request frame and one
 //    response frame (u32 big-endian length, then a MessagePack map), as native clients do.
+//    A worker behind a NAT (its record lists no public address, only brokers) cannot be
+//    dialled from a browser: its requests go to the grape instead (`nano-connect/relay`),
+//    which reaches the worker by the native route and passes its answer back unchanged.
+//    Such answers are as trustworthy as that grape (`requestDetailed` says `relayed`);
+//    `quorum` over several workers is the defence.
 // 4. Read-only actions fail over to another worker when one cannot be reached, is busy or
 //    its node does not answer; other actions are sent once. `quorum: N` asks N distinct
 //    workers and resolves only when a strict majority gave the same answer, byte for byte.
@@ -48,6 +53,9 @@ export const WEB_PATH = '/nano-connect';
 
 /** The grape's lookup service (request body: a service key; answer: JSON records). */
 export const LOOKUP_SERVICE = 'nano-connect/lookup';
+
+/** The grape's relay to workers behind NATs (request body: MessagePack {node, key, body}). */
+export const RELAY_SERVICE = 'nano-connect/relay';
 
 /**
  * Actions that may be sent again to another worker: they only read. The same list as the
@@ -342,7 +350,9 @@ async function exchange(session, frame) {
 
 /**
  * Checks a record as the grape passed it (`{k, salt, seq, v, sig}`) and reads it.
- * @returns {Promise<{node: string, exp: number, urls: string[], sha256: string[]}>}
+ * @returns {Promise<{node: string, exp: number, urls: string[], sha256: string[], relayed: boolean}>}
+ *   `relayed`: the worker is behind a NAT (no public address, registered with brokers) and
+ *   is reached through the grape; `urls` and `sha256` are then empty
  * @throws {Error} when the signature, the service key, the times or the body are wrong
  */
 export async function verifyRecord(record, key, nowMs = Date.now()) {
@@ -363,6 +373,9 @@ export async function verifyRecord(record, key, nowMs = Date.now()) {
   if (record.seq > nowMs + MAX_CLOCK_SKEW_MS) throw new Error('record signed in the future');
   if (body.exp - record.seq > MAX_RECORD_TTL_MS) throw new Error('record claims to live too long');
   if (body.exp < nowMs) throw new Error('record expired');
+  const relayed = !(Array.isArray(body.addrs) && body.addrs.length > 0)
+    && Array.isArray(body.via) && body.via.length > 0;
+  if (relayed) return { node: nodeId(k), exp: body.exp, urls: [], sha256: [], relayed };
   const web = body.web;
   if (!web || !Array.isArray(web.addrs) || !Array.isArray(web.sha256) || web.sha256.length === 0) {
     throw new Error('record lists no web face');
@@ -372,6 +385,7 @@ export async function verifyRecord(record, key, nowMs = Date.now()) {
     exp: body.exp,
     urls: web.addrs.map((a) => `https://${a}${WEB_PATH}`),
     sha256: web.sha256,
+    relayed,
   };
 }
 
@@ -504,6 +518,7 @@ export class Mesh {
    * `{status, body, node}` or rejects (`unreachable`, `timeout`, `frame`, or the worker's code).
    */
   async ask(worker, bytes) {
+    if (worker.relayed) return this.askThroughGrape(worker, bytes);
     const session = await this.session(worker);
     let frame;
     try {
@@ -521,6 +536,32 @@ export class Mesh {
         { worker: worker.node });
     }
     return { status: frame.status, body: frame.body, node: worker.node };
+  }
+
+  /**
+   * {@link Mesh#ask} for a worker behind a NAT: the grape carries the request
+   * (`nano-connect/relay`) and answers with the worker's own response or refusal.
+   */
+  async askThroughGrape(worker, bytes) {
+    const grape = await this.openGrape();
+    const out = [];
+    packValue({ node: worker.node, key: this.key, body: bytes }, out);
+    let frame;
+    try {
+      const ms = this.options.attemptTimeoutMs;
+      frame = await withTimeout(exchange(grape.session, requestFrame(this.nextId++, RELAY_SERVICE, new Uint8Array(out))), ms,
+        () => new NanoConnectError('timeout', `worker ${worker.node} gave no answer through the grape within ${ms} ms`));
+    } catch (e) {
+      if (e instanceof NanoConnectError) throw e;
+      this.grape = null;
+      throw new NanoConnectError('unreachable', `the grape's session failed: ${e.message}`);
+    }
+    if (frame.error) {
+      throw new NanoConnectError(frame.error.code,
+        `worker ${worker.node} (through the grape) refused: ${frame.error.message} (${frame.error.code})`,
+        { worker: worker.node });
+    }
+    return { status: frame.status, body: frame.body, node: worker.node, relayed: true };
   }
 
   /** Workers in the order to try: not recently dead first, then at random. */
@@ -547,8 +588,9 @@ export class Mesh {
 
   /**
    * Like {@link Mesh#request}, and says who answered:
-   * `{json, status, node, failovers, ms}` (`node`: the worker's node id, or the nodes of
-   * the majority for a quorum).
+   * `{json, status, node, relayed, failovers, ms}` (`node`: the worker's node id, or the
+   * nodes of the majority for a quorum; `relayed`: the answer came through the grape from
+   * a worker behind a NAT).
    */
   async requestDetailed(body, options = {}) {
     const timeoutMs = options.timeoutMs ?? this.options.timeoutMs;
@@ -566,13 +608,16 @@ export class Mesh {
     const bytes = utf8.encode(JSON.stringify(body));
     let workers = await this.lookup();
     if (workers.length === 0) workers = await this.lookup(true);
-    if (workers.length === 0) throw new NanoConnectError('no_worker', `no worker of ${this.key} has a web face`);
+    if (workers.length === 0) throw new NanoConnectError('no_worker', `no worker of ${this.key} is reachable from web pages`);
     const tried = [];
     let last = null;
     for (const worker of this.order(workers).slice(0, this.options.maxAttempts)) {
       try {
         const answer = await this.ask(worker, bytes);
-        return { json: parseAnswer(answer), status: answer.status, node: worker.node, failovers: tried.length };
+        return {
+          json: parseAnswer(answer), status: answer.status, node: worker.node,
+          relayed: worker.relayed, failovers: tried.length,
+        };
       } catch (e) {
         tried.push([worker.node, e.message]);
         last = e;

@@ -25,6 +25,24 @@ pub const WEB_PATH: &str = "/nano-connect";
 /// key, the answer [`LookupAnswer`] as JSON.
 pub const LOOKUP_SERVICE: &str = "nano-connect/lookup";
 
+/// The service key of a grape's relay for pages (docs/protocol.md §9.5): the request
+/// body is a [`RelayRequest`], the answer the worker's own response (status and body),
+/// or its refusal.
+pub const RELAY_SERVICE: &str = "nano-connect/relay";
+
+/// What a page asks a grape to carry to a worker it cannot dial (one behind a NAT), as a
+/// MessagePack map with named fields.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayRequest {
+    /// The worker's node id (z-base-32), as its record names it.
+    pub node: String,
+    /// The service key, e.g. `nano_rpc`.
+    pub key: String,
+    /// The request body for the worker (a Nano RPC JSON body for `nano_rpc`).
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
 /// Most certificate hashes an endpoint may list (current and next, with room to spare).
 pub const MAX_HASHES: usize = 4;
 
@@ -129,7 +147,8 @@ pub struct LookupAnswer {
     pub v: u8,
     /// The service key looked up.
     pub key: String,
-    /// Every record found whose signature verified and that lists a web face, in the
+    /// Every record found whose signature verified and that lists a web face or whose
+    /// worker is behind a NAT (reached through the grape, docs/protocol.md §9.5), in the
     /// shape of [`crate::protocol::record::WireRecord::to_json`]; the page checks each
     /// again (a grape is not trusted).
     pub records: Vec<serde_json::Value>,

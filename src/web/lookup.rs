@@ -14,10 +14,17 @@
 //!  page ◄─ {"records": [...], "grape": "https://...#sha256=..."} ─┘
 //! ```
 //!
+//! A page cannot dial a worker behind a NAT (browsers cannot punch holes), so the grape
+//! also carries requests to the workers it listed that have no public address
+//! ([`RELAY_SERVICE`]): it reaches them by the native route (brokers, punching, the
+//! broker's relay) and passes the worker's answer back unchanged. Such answers are only
+//! as trustworthy as the grape; the page says which answers were relayed.
+//!
 //! Costs are bounded: answers are reused for [`ANSWER_TTL`] per key, records for
 //! [`RECORD_TTL`] per node (never past their `exp`), at most [`MAX_WORKERS_ASKED`]
 //! workers are asked per lookup, and one IP address may start
-//! [`LOOKUPS_PER_SECOND_PER_IP`] uncached lookups a second.
+//! [`LOOKUPS_PER_SECOND_PER_IP`] uncached lookups a second and
+//! [`RELAYS_PER_SECOND_PER_IP`] relayed requests.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -29,10 +36,13 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::{WebListing, WebService};
+use crate::defaults::DEFAULT_MAX_REQUEST_BYTES;
 use crate::protocol::frame::{ErrorCode, ResponseFrame, WireError};
 use crate::protocol::identity::NodeId;
 use crate::protocol::record::{WireRecord, MAX_SERVICE_KEY_BYTES, RECORD_SERVICE};
-use crate::protocol::web::{LookupAnswer, WebEndpoint, LOOKUP_SERVICE};
+use crate::protocol::web::{
+    LookupAnswer, RelayRequest, WebEndpoint, LOOKUP_SERVICE, RELAY_SERVICE,
+};
 use crate::route::{Candidate, RpcClient};
 use crate::worker::presence::unix_ms;
 use crate::worker::server::{read_request, write_response};
@@ -50,6 +60,15 @@ pub const MAX_WORKERS_ASKED: usize = 16;
 /// Uncached lookups one IP address may start per second (burst the same).
 pub const LOOKUPS_PER_SECOND_PER_IP: u32 = 10;
 
+/// Requests one IP address may have relayed per second (burst twice as many).
+pub const RELAYS_PER_SECOND_PER_IP: u32 = 50;
+
+/// Time a relayed request may take, the worker's node included.
+const RELAY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bytes a relay request's envelope (node id, key, MessagePack) may add to the body.
+const RELAY_ENVELOPE_BYTES: usize = 256;
+
 /// Time one worker has to hand over its record.
 const RECORD_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -62,6 +81,7 @@ pub struct WebLookup {
     answers: moka::sync::Cache<String, Arc<Vec<serde_json::Value>>>,
     records: moka::sync::Cache<NodeId, WireRecord>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    relay_limiter: DefaultKeyedRateLimiter<IpAddr>,
     own: OnceLock<(IpAddr, watch::Receiver<WebListing>)>,
     frames: RpcServerConfig,
 }
@@ -88,9 +108,10 @@ impl WebLookup {
                 .time_to_live(RECORD_TTL)
                 .build(),
             limiter: RateLimiter::keyed(Quota::per_second(per_ip)),
+            relay_limiter: RateLimiter::keyed(relay_quota()),
             own: OnceLock::new(),
             frames: RpcServerConfig {
-                max_request_bytes: 1024,
+                max_request_bytes: DEFAULT_MAX_REQUEST_BYTES + RELAY_ENVELOPE_BYTES,
                 ..RpcServerConfig::default()
             },
         }
@@ -165,7 +186,7 @@ impl WebLookup {
         if let Some(node) = &candidate.node {
             if let Some(wire) = self.records.get(node) {
                 if let Ok(record) = wire.verify(key, Some(node), now) {
-                    if record.body.web.is_some() {
+                    if listed(&record.body) {
                         return wire.to_json();
                     }
                 }
@@ -173,7 +194,13 @@ impl WebLookup {
         }
         let answer = match self
             .client
-            .request_candidate(candidate, RECORD_SERVICE, key.as_bytes(), RECORD_DEADLINE)
+            .request_candidate_as(
+                candidate,
+                key,
+                RECORD_SERVICE,
+                key.as_bytes(),
+                RECORD_DEADLINE,
+            )
             .await
         {
             Ok(answer) => answer,
@@ -190,7 +217,7 @@ impl WebLookup {
             }
         };
         match wire.verify(key, Some(&answer.node), now) {
-            Ok(record) if record.body.web.is_some() => {
+            Ok(record) if listed(&record.body) => {
                 self.records.insert(answer.node, wire.clone());
                 wire.to_json()
             }
@@ -221,6 +248,105 @@ impl WebLookup {
     }
 }
 
+impl WebLookup {
+    /// Carries one page request to a worker this grape listed that has no public
+    /// address, and returns the worker's answer (or its refusal) unchanged.
+    async fn relay(&self, id: u64, body: &[u8], from: IpAddr) -> ResponseFrame {
+        let refuse =
+            |code, message: String| ResponseFrame::failure(id, WireError::new(code, message));
+        if self.relay_limiter.check_key(&from).is_err() {
+            return refuse(
+                ErrorCode::Busy,
+                format!(
+                    "over {RELAYS_PER_SECOND_PER_IP} relayed requests a second; retry in a second"
+                ),
+            );
+        }
+        let request: RelayRequest = match rmp_serde::from_slice(body) {
+            Ok(request) => request,
+            Err(e) => {
+                return refuse(
+                    ErrorCode::MalformedFrame,
+                    format!("not a relay request: {e}"),
+                )
+            }
+        };
+        let Ok(node) = request.node.parse::<NodeId>() else {
+            return refuse(
+                ErrorCode::InvalidRequest,
+                "node is not a node id".to_owned(),
+            );
+        };
+        // Only workers this grape listed for pages, behind a NAT: no open relay.
+        let relayable = self.records.get(&node).is_some_and(|wire| {
+            wire.verify(&request.key, Some(&node), unix_ms())
+                .is_ok_and(|record| behind_nat(&record.body))
+        });
+        if !relayable {
+            return refuse(
+                ErrorCode::UnknownService,
+                format!(
+                    "this grape relays only to workers behind a NAT that its lookup of {:?} listed; look the key up again",
+                    request.key
+                ),
+            );
+        }
+        let candidates = match self.client.candidates(&request.key).await {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("lookup failed: {e}"),
+                )
+            }
+        };
+        let Some(candidate) = candidates.iter().find(|c| c.node.as_ref() == Some(&node)) else {
+            return refuse(
+                ErrorCode::UpstreamUnreachable,
+                format!("worker {node} is no longer found under {:?}", request.key),
+            );
+        };
+        match self
+            .client
+            .request_candidate(candidate, &request.key, &request.body, RELAY_DEADLINE)
+            .await
+        {
+            Ok(answer) => ResponseFrame::answer(id, answer.status, answer.body),
+            Err(crate::route::CallError::Refused { error, .. }) => {
+                ResponseFrame::failure(id, error)
+            }
+            Err(crate::route::CallError::Timeout { .. }) => refuse(
+                ErrorCode::UpstreamTimeout,
+                format!(
+                    "worker {node} gave this grape no answer within {} ms",
+                    RELAY_DEADLINE.as_millis()
+                ),
+            ),
+            Err(e) => refuse(
+                ErrorCode::UpstreamUnreachable,
+                format!("this grape could not reach worker {node}: {e}"),
+            ),
+        }
+    }
+}
+
+/// Whether a record's worker has no public address: pages reach it through a grape.
+fn behind_nat(body: &crate::protocol::record::RecordBody) -> bool {
+    body.addrs.is_empty() && !body.via.is_empty()
+}
+
+/// Whether a lookup answer lists a record: it has a web face, or pages reach it
+/// through the grape ([`behind_nat`]).
+fn listed(body: &crate::protocol::record::RecordBody) -> bool {
+    body.web.is_some() || behind_nat(body)
+}
+
+fn relay_quota() -> Quota {
+    let per_second = NonZeroU32::new(RELAYS_PER_SECOND_PER_IP).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(2 * RELAYS_PER_SECOND_PER_IP).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
 impl WebService for WebLookup {
     async fn serve_stream(
         &self,
@@ -248,12 +374,14 @@ impl WebService for WebLookup {
             }
         };
         let id = request.id;
-        let response = if request.key != LOOKUP_SERVICE {
+        let response = if request.key == RELAY_SERVICE {
+            self.relay(id, &request.body, peer.ip()).await
+        } else if request.key != LOOKUP_SERVICE {
             ResponseFrame::failure(
                 id,
                 WireError::new(
                     ErrorCode::UnknownService,
-                    format!("a grape answers {LOOKUP_SERVICE:?} only"),
+                    format!("a grape answers {LOOKUP_SERVICE:?} and {RELAY_SERVICE:?} only"),
                 ),
             )
         } else {
