@@ -209,7 +209,11 @@ async fn a_page_reaches_a_worker_behind_a_nat_through_the_grape() {
             encode(&grape.process.field("web"))
         ));
         let nodes = wait_for_workers(&mut browser, 1);
-        assert_eq!(nodes, std::slice::from_ref(&id), "the brokered worker is listed");
+        assert_eq!(
+            nodes,
+            std::slice::from_ref(&id),
+            "the brokered worker is listed"
+        );
 
         stub.clear_received();
         let answer = browser.value(
