@@ -35,7 +35,8 @@ DURATION=${DURATION:-600}
 PEAK=${PEAK:-15}
 C=${C:-64}
 WARMUP=${WARMUP:-60}
-OUT=${OUT:-$ROOT/docs}
+# Absolute: the script works in its scratch folder.
+OUT=$(realpath -m "${OUT:-$ROOT/docs}")
 SAMPLE=10
 REL=$ROOT/target/release
 BIN=$REL/nano-connect
