@@ -513,6 +513,15 @@ impl Rendezvous {
             };
             return vec![(client, refusal(tx, None, RefusalCode::NoWorker, &message))];
         };
+        if worker.addr == client {
+            // Punching to oneself means nothing, and a relay circuit between one address
+            // and itself would send every frame back to its sender.
+            let message = format!(
+                "{client} is the address of node {} itself: a worker is not introduced to itself",
+                worker.node
+            );
+            return vec![(client, refusal(tx, None, RefusalCode::BadRequest, &message))];
+        }
         let nonce: Nonce = self.rng.random();
         let slowest = client_rtt.max(worker.rtt_ms);
         let local: Vec<SocketAddr> = local.into_iter().take(8).collect();
@@ -897,6 +906,34 @@ mod tests {
                 pad: vec![],
             },
         )
+    }
+
+    #[test]
+    fn a_worker_is_not_introduced_to_itself() {
+        // Found by the rendezvous fuzz target: a Connect from the worker's own address
+        // made an introduction and then a relay circuit whose two ends were one address,
+        // so the broker sent every relay frame back to its sender.
+        let mut r = state(RelayConfig::default());
+        let now = Instant::now();
+        let worker = addr("203.0.113.1:1000");
+        register(&mut r, now, worker, 10);
+        let out = connect(&mut r, now, worker, 10);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            matches!(
+                out[0],
+                (
+                    to,
+                    BrokerMessage::Refused {
+                        code: RefusalCode::BadRequest,
+                        ..
+                    }
+                ) if to == worker
+            ),
+            "{out:?}"
+        );
+        // From another address the same worker is introduced as usual.
+        assert_eq!(connect(&mut r, now, addr("198.51.100.7:2000"), 10).len(), 2);
     }
 
     #[test]
