@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How long a started process may take to print its `listening` line: about a second on
+/// an idle machine, but a loaded 2-core CI machine once took over 20 s for a grape.
+const LISTENING_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_nano-connect")
@@ -56,13 +60,13 @@ impl Process {
         });
         let started = Instant::now();
         let listening = loop {
-            let left = Duration::from_secs(20).saturating_sub(started.elapsed());
+            let left = LISTENING_DEADLINE.saturating_sub(started.elapsed());
             match rx.recv_timeout(left) {
                 Ok(value) if value["event"] == "listening" => break value,
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("nano-connect {args:?} did not report listening within 20 s");
+                    panic!("nano-connect {args:?} did not report listening within {LISTENING_DEADLINE:?}");
                 }
             }
         };
