@@ -208,33 +208,13 @@ pub fn raise_rcvbuf(ports: std::ops::Range<u16>, bytes: usize) -> usize {
     let mut set = 0;
     let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     for fd in fds {
-        // SAFETY: getsockname and setsockopt get pointers to locals of the right sizes;
-        // an fd that is not a socket (or was closed meanwhile) makes them fail, nothing
-        // more.
+        match crate::seed::bound_udp(fd) {
+            Some(bound) if ports.contains(&bound.port()) => {}
+            _ => continue,
+        }
+        // SAFETY: setsockopt gets a pointer to a local of the size passed; an fd closed
+        // meanwhile makes it fail, nothing more.
         unsafe {
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            if libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) != 0
-                || i32::from(addr.sin_family) != libc::AF_INET
-            {
-                continue;
-            }
-            let mut kind: libc::c_int = 0;
-            let mut klen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut kind as *mut libc::c_int).cast(),
-                &mut klen,
-            ) != 0
-                || kind != libc::SOCK_DGRAM
-            {
-                continue;
-            }
-            if !ports.contains(&u16::from_be(addr.sin_port)) {
-                continue;
-            }
             if libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,

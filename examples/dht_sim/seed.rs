@@ -36,7 +36,7 @@ pub fn udp_sockets() -> HashMap<SocketAddrV4, RawFd> {
 }
 
 /// The IPv4 address a UDP socket descriptor is bound to, `None` for anything else.
-fn bound_udp(fd: RawFd) -> Option<SocketAddrV4> {
+pub(crate) fn bound_udp(fd: RawFd) -> Option<SocketAddrV4> {
     // SAFETY: getsockname and getsockopt write into locals of the sizes passed; on a
     // descriptor that is not a socket they fail and write nothing.
     unsafe {
