@@ -10,7 +10,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.quiet, args.reports_itself());
-    let mut builder = match args.runtime {
+    let mut builder = match args.runtime() {
         cli::Runtime::Multi => tokio::runtime::Builder::new_multi_thread(),
         cli::Runtime::Current => tokio::runtime::Builder::new_current_thread(),
     };

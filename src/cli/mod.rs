@@ -33,9 +33,14 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// tokio runtime: `multi` (a thread per core) or `current` (one thread: fewer
-    /// cross-thread wake-ups, so lower latency, but one core).
-    #[arg(long, global = true, value_enum, default_value_t = Runtime::Multi, env = "NANO_CONNECT_RUNTIME")]
-    pub runtime: Runtime,
+    /// cross-thread wake-ups, so lower latency and less CPU per request, but one core).
+    /// Default: `current` for worker, call, bench, watch and netcheck, where it measured
+    /// faster (a worker and bench client both on `current` relayed 2.1x the requests per
+    /// second of both on `multi` at 64 in flight on 2 cores, and at a lower p50 and p99;
+    /// see docs/benchmarks.md); `multi` for grape, gateway and demo, which serve many
+    /// independent clients or run a whole mesh in one process.
+    #[arg(long, global = true, value_enum, env = "NANO_CONNECT_RUNTIME")]
+    pub runtime: Option<Runtime>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +67,19 @@ enum Command {
 }
 
 impl Cli {
+    /// The runtime flavour to start: `--runtime` (or `NANO_CONNECT_RUNTIME`) if given,
+    /// else the subcommand's default (see the `runtime` field).
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.unwrap_or(match self.command {
+            Command::Grape(_) | Command::Gateway(_) | Command::Demo(_) => Runtime::Multi,
+            Command::Worker(_)
+            | Command::Call(_)
+            | Command::Bench(_)
+            | Command::Watch(_)
+            | Command::Netcheck(_) => Runtime::Current,
+        })
+    }
+
     /// Whether the subcommand prints its own report on stdout, so that routine logs
     /// would only clutter it.
     pub fn reports_itself(&self) -> bool {
