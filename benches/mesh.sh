@@ -73,7 +73,9 @@ if has 3; then
   "$STUB" >stub.log 2>&1 & PIDS+=($!)
   wait_listening stub.log
   NODE=$(field stub.log url)
-  "$BIN" -q worker --service nano-rpc --announce nano_rpc --nano-rpc "$NODE" --bind 127.0.0.1 --port 47002 --grape http://127.0.0.1:9 >relay.log 2>&1 & PIDS+=($!)
+  # The cache off, so that every request is relayed to the stand-in (the measure).
+  "$BIN" -q worker --service nano-rpc --announce nano_rpc --nano-rpc "$NODE" --cache-entries 0 \
+    --bind 127.0.0.1 --port 47002 --grape http://127.0.0.1:9 >relay.log 2>&1 & PIDS+=($!)
   wait_listening relay.log
   BODY='{"action":"block_count"}'
   : >s3.tsv
