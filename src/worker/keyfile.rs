@@ -64,22 +64,32 @@ pub fn load_or_create(path: &Path) -> Result<(NodeKey, bool), KeyFileError> {
             Ok((NodeKey::from_seed(seed), false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
+            let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                    parent
+                }
+                None => Path::new("."),
+            };
+            // Written whole to a private temporary file beside it (mode 0600), then put in
+            // place only if no file is there yet (a link, atomic): two workers starting
+            // at once never see half a key, and the one that comes second takes the
+            // first one's key instead of failing.
             let key = NodeKey::generate();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(path).map_err(io)?;
+            let mut file = tempfile::Builder::new()
+                .prefix(".worker.key.")
+                .tempfile_in(parent)
+                .map_err(io)?;
             file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
                 .map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok((key, true))
+            file.as_file().sync_all().map_err(io)?;
+            match file.persist_noclobber(path) {
+                Ok(_) => Ok((key, true)),
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create(path)
+                }
+                Err(e) => Err(io(e.error)),
+            }
         }
         Err(e) => Err(io(e)),
     }
@@ -104,6 +114,36 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn workers_starting_at_once_share_one_key_and_none_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.key");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    load_or_create(&path).map(|(key, new)| (key.node_id(), new))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let ids: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().map(|(id, _)| *id).map_err(ToString::to_string))
+            .collect();
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        assert!(ids[0].is_ok(), "{ids:?}");
+        let made = results
+            .iter()
+            .filter(|r| matches!(r, Ok((_, true))))
+            .count();
+        assert_eq!(made, 1, "exactly one start makes the key");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left beside the key");
     }
 
     #[test]
