@@ -4,10 +4,16 @@
 # transports) and by `nano-connect worker --service fibonacci`, each behind two grapes
 # of its own kind on 127.0.0.1, measured with the same load (warm-up, then N requests
 # or D seconds, whichever comes first), alternating, RUNS times; prints medians and
-# ratios.
+# ratios. nano-connect runs two workers, one per tokio runtime flavour (`--runtime`),
+# so that each pairing of worker and client flavour, and each number of client
+# connections, is measured in the same alternating run; "nano-connect c=64" is the
+# default (DEFAULT_WORKER/DEFAULT_CLIENT, one connection), the others are labelled
+# "nano-connect WORKER/CLIENT/CONNECTIONS".
 #
 # Usage: benches/compare-grenache.sh            (RUNS=3 REQUESTS=20000 DURATION=10)
 #        RUNS=5 REQUESTS=50000 benches/compare-grenache.sh
+#        VARIANTS= SEQ_VARIANTS= benches/compare-grenache.sh   (the defaults only)
+#        VARIANTS="multi/multi/1 current/current/2" benches/compare-grenache.sh
 #
 # Needs node and npm (Grenache's packages are installed into a temporary folder from the
 # npm registry; grenache-nodejs-utp is not published there, so utp is left out) and a
@@ -21,6 +27,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
 REQUESTS=${REQUESTS:-20000}
 DURATION=${DURATION:-10}
+# The runtime flavours (`--runtime`) the defaults run with, and the other pairings
+# (WORKER/CLIENT/CONNECTIONS) measured beside them at 64 in flight and sequentially.
+# `current` is what `worker` and `bench` start on unless told otherwise.
+DEFAULT_WORKER=${DEFAULT_WORKER:-current}
+DEFAULT_CLIENT=${DEFAULT_CLIENT:-current}
+VARIANTS=${VARIANTS-multi/multi/1 multi/current/1 current/multi/1 current/current/2 multi/multi/2}
+SEQ_VARIANTS=${SEQ_VARIANTS-multi/multi/1}
 BIN=$ROOT/target/release/nano-connect
 source "$ROOT/benches/lib.sh"
 bench_start grenache
@@ -43,21 +56,29 @@ node worker.js http http://127.0.0.1:31001 41338 >http.log 2>&1 & PIDS+=($!)
 wait_listening ncg1.log
 "$BIN" grape --dp 22002 --aph 32002 --bn 127.0.0.1:22001 --bind 127.0.0.1 >ncg2.log 2>&1 & PIDS+=($!)
 wait_listening ncg2.log
-"$BIN" worker --service fibonacci --announce fibonacci_worker --grape http://127.0.0.1:32001 \
-  --bind 127.0.0.1 --port 42337 --announce-interval 5 >ncw.log 2>&1 & PIDS+=($!)
-for f in ws.log http.log ncw.log; do wait_listening "$f"; done
+# The same worker twice, once per tokio runtime flavour (--runtime), under two service
+# keys and with a node key each.
+NANO_CONNECT_KEY=$TMP/worker-multi.key "$BIN" --runtime multi worker --service fibonacci --announce fibonacci_multi \
+  --grape http://127.0.0.1:32001 --bind 127.0.0.1 --port 42337 --announce-interval 5 \
+  >ncw-multi.log 2>&1 & PIDS+=($!)
+NANO_CONNECT_KEY=$TMP/worker-current.key "$BIN" --runtime current worker --service fibonacci --announce fibonacci_current \
+  --grape http://127.0.0.1:32001 --bind 127.0.0.1 --port 42339 --announce-interval 5 \
+  >ncw-current.log 2>&1 & PIDS+=($!)
+for f in ws.log http.log ncw-multi.log ncw-current.log; do wait_listening "$f"; done
 
-# Until the key is found through the second grape (bounded: 100 tries, ~20 s).
-for i in $(seq 100); do
-  "$BIN" -q bench --grape http://127.0.0.1:32002 --service fibonacci_worker --body '{"length":10}' \
-    -n 1 --warmup 1 --timeout 2000 >/dev/null 2>&1 && break
-  [ "$i" = 100 ] && { echo "compare-grenache: nano-connect worker never found" >&2; exit 1; }
-  sleep 0.2
+# Until both keys are found through the second grape (bounded: 100 tries each, ~20 s).
+for key in fibonacci_multi fibonacci_current; do
+  for i in $(seq 100); do
+    "$BIN" -q bench --grape http://127.0.0.1:32002 --service "$key" --body '{"length":10}' \
+      -n 1 --warmup 1 --timeout 2000 >/dev/null 2>&1 && break
+    [ "$i" = 100 ] && { echo "compare-grenache: nano-connect worker $key never found" >&2; exit 1; }
+    sleep 0.2
+  done
 done
 
-nano() { # CONCURRENCY
-  "$BIN" -q bench --grape http://127.0.0.1:32002 --service fibonacci_worker --body '{"length":10}' \
-    -c "$1" -n "$REQUESTS" -d "$DURATION" --json || true
+nano() { # WORKER_RUNTIME CLIENT_RUNTIME CONNECTIONS CONCURRENCY
+  "$BIN" -q --runtime "$2" bench --grape http://127.0.0.1:32002 --service "fibonacci_$1" \
+    --body '{"length":10}' --connections "$3" -c "$4" -n "$REQUESTS" -d "$DURATION" --json || true
 }
 grenache() { # TRANSPORT CONCURRENCY
   timeout $((DURATION + 60)) node client.js "$1" http://127.0.0.1:31002 "$2" "$REQUESTS" "$DURATION" || true
@@ -66,10 +87,20 @@ grenache() { # TRANSPORT CONCURRENCY
 RESULTS=$TMP/results.tsv
 for run in $(seq "$RUNS"); do
   echo "# run $run of $RUNS" >&2
-  printf 'nano-connect c=64\t%s\n' "$(nano 64)" >>"$RESULTS"
+  # The defaults first, then every flavour pairing (worker/client) and connection count
+  # in VARIANTS ("WORKER/CLIENT/CONNECTIONS ..."), Grenache between them.
+  printf 'nano-connect c=64\t%s\n' "$(nano "$DEFAULT_WORKER" "$DEFAULT_CLIENT" 1 64)" >>"$RESULTS"
   printf 'grenache-ws c=64\t%s\n' "$(grenache ws 64)" >>"$RESULTS"
-  printf 'nano-connect c=1\t%s\n' "$(nano 1)" >>"$RESULTS"
+  for v in $VARIANTS; do
+    IFS=/ read -r w c n <<<"$v"
+    printf 'nano-connect %s c=64\t%s\n' "$v" "$(nano "$w" "$c" "$n" 64)" >>"$RESULTS"
+  done
+  printf 'nano-connect c=1\t%s\n' "$(nano "$DEFAULT_WORKER" "$DEFAULT_CLIENT" 1 1)" >>"$RESULTS"
   printf 'grenache-ws c=1\t%s\n' "$(grenache ws 1)" >>"$RESULTS"
+  for v in $SEQ_VARIANTS; do
+    IFS=/ read -r w c n <<<"$v"
+    printf 'nano-connect %s c=1\t%s\n' "$v" "$(nano "$w" "$c" "$n" 1)" >>"$RESULTS"
+  done
   printf 'grenache-http c=1\t%s\n' "$(grenache http 1)" >>"$RESULTS"
 done
 
