@@ -76,7 +76,10 @@ if has 3; then
   # The cache off, so that every request is relayed to the stand-in (the issue's measure).
   "$BIN" -q worker --service nano-rpc --announce nano_rpc --nano-rpc "$NODE" --cache-entries 0 \
     --bind 127.0.0.1 --port 47002 --grape http://127.0.0.1:9 >relay.log 2>&1 & PIDS+=($!)
-  wait_listening relay.log
+  # The bare quinn echo beside it: one loopback QUIC round trip in the same run, the
+  # least the mesh can add to the direct p50.
+  "$FLOOR" server --port 47102 >floor3.log 2>&1 & PIDS+=($!)
+  wait_listening relay.log; wait_listening floor3.log
   BODY='{"action":"block_count"}'
   : >s3.tsv
   for run in $(seq "$RUNS"); do
@@ -87,6 +90,8 @@ if has 3; then
       printf 'direct HTTP c=%s\t%s\n' "$c" \
         "$("$BIN" -q bench --http "$NODE" --body "$BODY" -c "$c" -n "$((REQUESTS / 2))" -d "$DURATION" --json || true)" >>s3.tsv
     done
+    printf 'quinn round trip c=1\t%s\n' \
+      "$("$FLOOR" client --addr 127.0.0.1:47102 -c 1 -n "$((REQUESTS / 2))" -d "$DURATION" --answer 46 || true)" >>s3.tsv
   done
   echo; echo "## 3. Relay path: $BODY through the mesh against a direct POST to the node stand-in"
   grep -v $'\t$' s3.tsv | node "$SUMMARY" \
