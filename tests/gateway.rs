@@ -427,8 +427,11 @@ async fn process_to_a_killed_worker_is_not_resent_elsewhere() {
 }
 
 /// 1,000 requests, 100 at a time, through a cold gateway: one lookup of each index reaches the
-/// grape, and one `block_count` reaches the node (it used to open 541 connections to the
-/// grape and send the node 36 identical requests; issue "proven under attack", defect 9).
+/// grape, and one request reaches the node (it used to open 541 connections to the grape and
+/// send the node 36 identical `block_count` requests; issue "proven under attack", defect 9).
+/// The action is `version`, whose answer the worker keeps for 60 s: `block_count`'s 1 s could
+/// run out within the burst on a loaded machine, and then a second request to the node is
+/// right, not a failure to coalesce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_identical_requests_is_one_lookup_and_one_node_request() {
     use futures::StreamExt;
@@ -477,7 +480,7 @@ async fn a_burst_of_identical_requests_is_one_lookup_and_one_node_request() {
             let url = url.clone();
             async move {
                 http.post(&url)
-                    .body(r#"{"action":"block_count"}"#)
+                    .body(r#"{"action":"version"}"#)
                     .send()
                     .await
                     .map(|r| r.status().as_u16())
@@ -491,5 +494,5 @@ async fn a_burst_of_identical_requests_is_one_lookup_and_one_node_request() {
     assert!(answers.iter().all(|s| *s == 200), "{:?}", &answers[..5]);
     let lookups = lookups().await - before;
     assert!(lookups <= 2.0, "{lookups} lookups reached the grape");
-    assert_eq!(relay.stub.actions_received(), ["block_count"]);
+    assert_eq!(relay.stub.actions_received(), ["version"]);
 }
