@@ -450,10 +450,11 @@ async fn a_slow_subscriber_loses_messages_not_memory_and_slows_no_one() {
     const MESSAGES: u64 = 5000;
     let (a, b) = tokio::task::block_in_place(|| two_grapes(120.0));
     let node = NanoWsStub::start().await;
-    // A queue of half a second at the rate below, so that a subscriber that keeps up
-    // loses nothing on a loaded machine; the slow one's stream window (about 1000
-    // messages) and queue hold well under the 5000 sent.
-    let worker = relay(&a.url, &node, &["--ws-max-rate", "0", "--ws-queue", "1000"]).await;
+    // A queue of a second at the rate below, so that a subscriber that keeps up loses
+    // nothing on a loaded machine (with half a second, a fast subscriber lost 9 messages
+    // once, in a debug build on a machine busy with a fuzzer); the slow one's stream
+    // window (about 1000 messages) and queue hold well under the 5000 sent.
+    let worker = relay(&a.url, &node, &["--ws-max-rate", "0", "--ws-queue", "2000"]).await;
     node.wait_subscribers(1, Duration::from_secs(10)).await;
     wait_announced(&b.url, "nano_rpc", &[worker.port]).await;
     let pid = worker.process.pid();
