@@ -58,12 +58,12 @@ wait_listening ncg1.log
 wait_listening ncg2.log
 # The same worker twice, once per tokio runtime flavour (--runtime), under two service
 # keys and with a node key each.
-NANO_CONNECT_KEY=$TMP/worker-multi.key "$BIN" --runtime multi worker --service fibonacci --announce fibonacci_multi \
-  --grape http://127.0.0.1:32001 --bind 127.0.0.1 --port 42337 --announce-interval 5 \
-  >ncw-multi.log 2>&1 & PIDS+=($!)
-NANO_CONNECT_KEY=$TMP/worker-current.key "$BIN" --runtime current worker --service fibonacci --announce fibonacci_current \
-  --grape http://127.0.0.1:32001 --bind 127.0.0.1 --port 42339 --announce-interval 5 \
-  >ncw-current.log 2>&1 & PIDS+=($!)
+for flavour_port in multi:42337 current:42339; do
+  flavour=${flavour_port%:*}
+  NANO_CONNECT_KEY=$TMP/worker-$flavour.key "$BIN" --runtime "$flavour" worker --service fibonacci \
+    --announce "fibonacci_$flavour" --grape http://127.0.0.1:32001 --bind 127.0.0.1 \
+    --port "${flavour_port#*:}" --announce-interval 5 >"ncw-$flavour.log" 2>&1 & PIDS+=($!)
+done
 for f in ws.log http.log ncw-multi.log ncw-current.log; do wait_listening "$f"; done
 
 # Until both keys are found through the second grape (bounded: 100 tries each, ~20 s).
@@ -85,22 +85,24 @@ grenache() { # TRANSPORT CONCURRENCY
 }
 
 RESULTS=$TMP/results.tsv
+variants() { # CONCURRENCY WORKER/CLIENT/CONNECTIONS...
+  local concurrency=$1 v w c n
+  shift
+  for v in "$@"; do
+    IFS=/ read -r w c n <<<"$v"
+    printf 'nano-connect %s c=%s\t%s\n' "$v" "$concurrency" "$(nano "$w" "$c" "$n" "$concurrency")" >>"$RESULTS"
+  done
+}
 for run in $(seq "$RUNS"); do
   echo "# run $run of $RUNS" >&2
   # The defaults first, then every flavour pairing (worker/client) and connection count
   # in VARIANTS ("WORKER/CLIENT/CONNECTIONS ..."), Grenache between them.
   printf 'nano-connect c=64\t%s\n' "$(nano "$DEFAULT_WORKER" "$DEFAULT_CLIENT" 1 64)" >>"$RESULTS"
   printf 'grenache-ws c=64\t%s\n' "$(grenache ws 64)" >>"$RESULTS"
-  for v in $VARIANTS; do
-    IFS=/ read -r w c n <<<"$v"
-    printf 'nano-connect %s c=64\t%s\n' "$v" "$(nano "$w" "$c" "$n" 64)" >>"$RESULTS"
-  done
+  variants 64 $VARIANTS
   printf 'nano-connect c=1\t%s\n' "$(nano "$DEFAULT_WORKER" "$DEFAULT_CLIENT" 1 1)" >>"$RESULTS"
   printf 'grenache-ws c=1\t%s\n' "$(grenache ws 1)" >>"$RESULTS"
-  for v in $SEQ_VARIANTS; do
-    IFS=/ read -r w c n <<<"$v"
-    printf 'nano-connect %s c=1\t%s\n' "$v" "$(nano "$w" "$c" "$n" 1)" >>"$RESULTS"
-  done
+  variants 1 $SEQ_VARIANTS
   printf 'grenache-http c=1\t%s\n' "$(grenache http 1)" >>"$RESULTS"
 done
 
